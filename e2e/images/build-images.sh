@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Build the test bed's container images as docker-archive tarballs (no Docker, no
+# registry) and import them into containerd.
+#
+#   build-images.sh base      pause, busybox, CoreDNS, local-path-provisioner, ldd self-test
+#   build-images.sh apps      pbft-replica, pbft-operator, pbft-replica-faulty (skipped
+#                             with a message when the Rust binary is not built yet)
+#   build-images.sh all       base + apps (default)
+#   build-images.sh import [ARCHIVE...]   ctr -n k8s.io images import (all archives by default)
+#   build-images.sh pause|busybox|coredns|local-path|selftest   one base image
+#   build-images.sh list      print the archive paths (for `kind load image-archive`)
+#
+# Archives go to $PBFT_CACHE/images (default /var/cache/pbft-operator/images); each is
+# rebuilt only when missing or older than its inputs. Tags are versions, never :latest.
+#
+# App images (env):
+#   PBFT_IMAGE_VERSION        tag (default: version from the workspace Cargo.toml)
+#   PBFT_REPLICA_BIN          default target/release/pbft-replica
+#   PBFT_OPERATOR_BIN         default target/release/pbft-operator
+#   PBFT_REPLICA_FAULTY_BIN   default target/fault-injection/release/pbft-replica
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=../testbed/versions.env
+source "$HERE/../testbed/versions.env"
+MKIMAGE="$HERE/mkimage.py"
+: "${CONTAINERD_SOCK:=$PBFT_TESTBED_STATE/containerd/containerd.sock}"
+
+log() { printf '[images %(%H:%M:%S)T] %s\n' -1 "$*"; }
+die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
+
+mkdir -p "$IMAGES_DIR"
+WORK="$PBFT_CACHE/images/.work"; mkdir -p "$WORK"
+
+archive_name() { # image ref -> archive file name
+  local ref="${1##*/}"; echo "$IMAGES_DIR/${ref//:/_}.tar"
+}
+
+# fresh OUT INPUT... : true when OUT exists and is newer than every INPUT and mkimage.py
+fresh() {
+  local out="$1"; shift
+  [[ -f "$out" ]] || return 1
+  local i; for i in "$MKIMAGE" "$@"; do [[ "$out" -nt "$i" ]] || return 1; done
+}
+
+need_bin() { [[ -x "$1" ]] || die "$1 missing: run e2e/testbed/build-binaries.sh first"; }
+
+img_pause() {
+  local out; out=$(archive_name "$PAUSE_IMAGE")
+  local src="$HERE/pause/pause.c" bin="$WORK/pause"
+  if fresh "$out" "$src"; then log "pause: up to date ($out)"; return; fi
+  gcc -Os -static -Wall -Wextra -Werror -o "$bin" "$src"
+  strip "$bin"
+  "$MKIMAGE" --tag "$PAUSE_IMAGE" --out "$out" --file "$bin:/pause" --entrypoint /pause
+}
+
+img_busybox() {
+  local out; out=$(archive_name "$BUSYBOX_IMAGE")
+  local bb=/bin/busybox
+  [[ -x $bb ]] || die "$bb missing (Debian package busybox-static)"
+  ldd "$bb" >/dev/null 2>&1 && die "$bb is dynamically linked; need busybox-static"
+  if fresh "$out" "$bb"; then log "busybox: up to date ($out)"; return; fi
+  local args=(--file "$bb:/bin/busybox" --base-etc --dir root:0700 --dir var --dir home)
+  local applet
+  while read -r applet; do
+    [[ "$applet" == bin/busybox ]] && continue
+    args+=(--symlink "$applet:/bin/busybox")
+  done < <("$bb" --list-full)
+  "$MKIMAGE" --tag "$BUSYBOX_IMAGE" --out "$out" "${args[@]}" --cmd sh
+}
+
+img_coredns() {
+  local out; out=$(archive_name "$COREDNS_IMAGE")
+  need_bin "$COREDNS_BIN/coredns"
+  if fresh "$out" "$COREDNS_BIN/coredns"; then log "coredns: up to date ($out)"; return; fi
+  "$MKIMAGE" --tag "$COREDNS_IMAGE" --out "$out" --base-etc \
+    --file "$COREDNS_BIN/coredns:/coredns" --entrypoint /coredns
+}
+
+img_local_path() {
+  local out; out=$(archive_name "$LOCAL_PATH_IMAGE")
+  need_bin "$LOCAL_PATH_BIN/local-path-provisioner"
+  if fresh "$out" "$LOCAL_PATH_BIN/local-path-provisioner"; then log "local-path: up to date ($out)"; return; fi
+  "$MKIMAGE" --tag "$LOCAL_PATH_IMAGE" --out "$out" --base-etc \
+    --file "$LOCAL_PATH_BIN/local-path-provisioner:/usr/bin/local-path-provisioner" \
+    --entrypoint local-path-provisioner
+}
+
+# pack_binary TAG BINARY [DEST] : the generic "Rust release binary + ldd libs" image
+pack_binary() {
+  local tag="$1" bin="$2" dest="${3:-/usr/local/bin/$(basename "$2")}"
+  local out; out=$(archive_name "$tag")
+  if fresh "$out" "$bin"; then log "${tag}: up to date ($out)"; return; fi
+  "$MKIMAGE" --tag "$tag" --out "$out" --base-etc --with-libs "$bin:$dest" \
+    --entrypoint "$dest" --user 65534:65534
+}
+
+# A dynamically linked Rust program (rustc + glibc, like our release binaries), packed
+# with pack_binary: the smoke test runs it in a pod to prove the ldd packing works.
+img_selftest() {
+  local src="$WORK/ldd-selftest.rs" bin="$WORK/ldd-selftest"
+  cat > "$src.new" <<'EOF'
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    println!("ldd-selftest ok: dynamically linked rust binary runs (args={:?}, hostname={})", &args[1..], host.trim());
+}
+EOF
+  if ! cmp -s "$src.new" "$src" 2>/dev/null; then mv "$src.new" "$src"; else rm -f "$src.new"; fi
+  if ! command -v rustc >/dev/null; then log "ldd-selftest: SKIPPED (no rustc on PATH)"; return; fi
+  if [[ ! -x "$bin" || "$src" -nt "$bin" ]]; then rustc -O -o "$bin" "$src"; fi
+  ldd "$bin" | grep -q 'libc.so' || die "ldd-selftest: expected a dynamically linked binary"
+  pack_binary "$SELFTEST_IMAGE" "$bin" /usr/local/bin/ldd-selftest
+}
+
+workspace_version() {
+  python3 - "$REPO/Cargo.toml" <<'EOF' 2>/dev/null || true
+import sys, tomllib
+try:
+    d = tomllib.load(open(sys.argv[1], "rb"))
+except OSError:
+    sys.exit(0)
+v = d.get("workspace", {}).get("package", {}).get("version") or d.get("package", {}).get("version")
+if v:
+    print(v)
+EOF
+}
+
+build_apps() {
+  local ver="${PBFT_IMAGE_VERSION:-$(workspace_version)}"
+  if [[ -z "$ver" ]]; then
+    log "apps: SKIPPED: no PBFT_IMAGE_VERSION and no version in $REPO/Cargo.toml"; return
+  fi
+  local spec name bin
+  for spec in \
+      "pbft-replica|${PBFT_REPLICA_BIN:-$REPO/target/release/pbft-replica}" \
+      "pbft-operator|${PBFT_OPERATOR_BIN:-$REPO/target/release/pbft-operator}" \
+      "pbft-replica-faulty|${PBFT_REPLICA_FAULTY_BIN:-$REPO/target/fault-injection/release/pbft-replica}"; do
+    name="${spec%%|*}"; bin="${spec#*|}"
+    if [[ ! -x "$bin" ]]; then
+      log "apps: SKIPPED $name:$ver: binary $bin not built yet (cargo build --release)"
+      continue
+    fi
+    pack_binary "$name:$ver" "$bin"
+  done
+}
+
+build_base() { img_pause; img_busybox; img_coredns; img_local_path; img_selftest; }
+
+import_archives() {
+  [[ -S "$CONTAINERD_SOCK" ]] || die "containerd socket $CONTAINERD_SOCK not found (is the test bed up?)"
+  local files=("$@")
+  ((${#files[@]})) || mapfile -t files < <(ls "$IMAGES_DIR"/*.tar 2>/dev/null)
+  ((${#files[@]})) || die "no archives in $IMAGES_DIR"
+  local f
+  for f in "${files[@]}"; do
+    ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$f" >/dev/null \
+      || die "ctr import $f failed"
+    log "imported $(basename "$f")"
+  done
+}
+
+cmd="${1:-all}"; shift || true
+case "$cmd" in
+  base)   build_base ;;
+  apps)   build_apps ;;
+  all)    build_base; build_apps ;;
+  import) import_archives "$@" ;;
+  list)   ls "$IMAGES_DIR"/*.tar ;;
+  pause|busybox|coredns|selftest) "img_$cmd" ;;
+  local-path) img_local_path ;;
+  *) die "usage: $0 [base|apps|all|import [ARCHIVE...]|list]" ;;
+esac
