@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Build (once) and cache every binary the test bed needs, from the Go module proxy:
 #   Kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
-#   kube-proxy, kubectl), etcd, CoreDNS, Helm v3, rancher local-path-provisioner.
+#   kube-proxy, kubectl), etcd, CoreDNS, Helm v3, rancher local-path-provisioner, crictl.
 # Also installs the Debian packages the node needs (containerd, runc, CNI plugins...).
 #
 # Binaries land in $PBFT_CACHE/bin/<name>-<version>/ (default /var/cache/pbft-operator),
 # with GOMODCACHE and GOCACHE under $PBFT_CACHE/go/, so later runs and CI on the same
 # machine reuse them. A component is rebuilt only when one of its binaries is missing.
 #
-# Usage: e2e/testbed/build-binaries.sh [all|apt|k8s|etcd|coredns|helm|local-path]...
+# Usage: e2e/testbed/build-binaries.sh [all|apt|k8s|etcd|coredns|helm|local-path|crictl]...
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -163,18 +163,24 @@ build_local_path() {
     "-X main.VERSION=$LOCAL_PATH_VERSION" local-path-provisioner
 }
 
+build_crictl() {
+  go_install "crictl $CRICTL_VERSION" "$CRICTL_BIN" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION" \
+    "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" crictl
+}
+
 targets=("$@"); ((${#targets[@]})) || targets=(all)
 t0=$(date +%s)
 for t in "${targets[@]}"; do
   case "$t" in
-    all)        ensure_apt; build_etcd; build_k8s; build_coredns; build_local_path; build_helm ;;
+    all)        ensure_apt; build_etcd; build_k8s; build_coredns; build_local_path; build_crictl; build_helm ;;
     apt)        ensure_apt ;;
     k8s)        build_k8s ;;
     etcd)       build_etcd ;;
     coredns)    build_coredns ;;
     helm)       build_helm ;;
     local-path) build_local_path ;;
-    *) die "unknown target '$t' (all|apt|k8s|etcd|coredns|helm|local-path)" ;;
+    crictl)     build_crictl ;;
+    *) die "unknown target '$t' (all|apt|k8s|etcd|coredns|helm|local-path|crictl)" ;;
   esac
 done
 log "done in $(( $(date +%s) - t0 ))s; binaries under $PBFT_CACHE/bin"
