@@ -8,7 +8,10 @@
 #   build-images.sh all       base + apps (default)
 #   build-images.sh import [ARCHIVE...]   ctr -n k8s.io images import (all archives by default)
 #   build-images.sh pause|busybox|coredns|local-path|selftest   one base image
-#   build-images.sh list      print the archive paths (for `kind load image-archive`)
+#   build-images.sh portable  the images tests need on any cluster (kind brings its own
+#                             pause/CoreDNS/local-path): busybox, ldd self-test, apps
+#   build-images.sh list      print the archive paths
+#   build-images.sh list-portable   the archives `kind load image-archive` should load
 #
 # Archives go to $PBFT_CACHE/images (default /var/cache/pbft-operator/images); each is
 # rebuilt only when missing or older than its inputs. Tags are versions, never :latest.
@@ -168,6 +171,11 @@ case "$cmd" in
   all)    build_base; build_apps ;;
   import) import_archives "$@" ;;
   list)   ls "$IMAGES_DIR"/*.tar ;;
+  portable) img_busybox; img_selftest; build_apps ;;
+  list-portable)
+    for f in "$IMAGES_DIR"/*.tar; do
+      case "$(basename "$f")" in pbft-pause_*|pbft-coredns_*|pbft-local-path-provisioner_*) ;; *) echo "$f" ;; esac
+    done ;;
   pause|busybox|coredns|selftest) "img_$cmd" ;;
   local-path) img_local_path ;;
   *) die "usage: $0 [base|apps|all|import [ARCHIVE...]|list]" ;;

@@ -17,7 +17,7 @@ T0=$EPOCHREALTIME
 elapsed() { awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
 # ---------------------------------------------------------------- binaries, images
-"$TESTBED_DIR/build-binaries.sh" all | sed 's/^/  /'
+"$TESTBED_DIR/build-binaries.sh" apt etcd k8s coredns local-path crictl | sed 's/^/  /'
 for b in "${K8S_BIN}"/{kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy,kubectl} \
          "$ETCD_BIN/etcd" "$CRICTL"; do
   [[ -x "$b" ]] || die "$b missing after build-binaries.sh"
