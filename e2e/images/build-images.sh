@@ -2,12 +2,13 @@
 # Build the test bed's container images as docker-archive tarballs (no Docker, no
 # registry) and import them into containerd.
 #
-#   build-images.sh base      pause, busybox, CoreDNS, local-path-provisioner, ldd self-test
+#   build-images.sh base      pause, busybox, toolbox (busybox+curl), CoreDNS, local-path-provisioner,
+#                             ldd self-test
 #   build-images.sh apps      pbft-replica, pbft-operator, pbft-replica-faulty (skipped
 #                             with a message when the Rust binary is not built yet)
 #   build-images.sh all       base + apps (default)
 #   build-images.sh import [ARCHIVE...]   ctr -n k8s.io images import (all archives by default)
-#   build-images.sh pause|busybox|coredns|local-path|selftest   one base image
+#   build-images.sh pause|busybox|toolbox|coredns|local-path|selftest   one base image
 #   build-images.sh portable  the images tests need on any cluster (kind brings its own
 #                             pause/CoreDNS/local-path): busybox, ldd self-test, apps
 #   build-images.sh list      print the archive paths
@@ -71,6 +72,23 @@ img_busybox() {
     args+=(--symlink "$applet:/bin/busybox")
   done < <("$bb" --list-full)
   "$MKIMAGE" --tag "$BUSYBOX_IMAGE" --out "$out" "${args[@]}" --cmd sh
+}
+
+# busybox plus curl (with the shared libraries ldd lists): the client pod of the smoke
+# and e2e tests. Debian's static busybox wget segfaults at start (seen here), and curl
+# speaks TLS with CA verification, for talking to the apiserver from a pod.
+img_toolbox() {
+  local out; out=$(archive_name "$TOOLBOX_IMAGE")
+  local bb=/bin/busybox curl=/usr/bin/curl
+  [[ -x $curl ]] || die "$curl missing (Debian package curl)"
+  if fresh "$out" "$bb" "$curl"; then log "toolbox: up to date ($out)"; return; fi
+  local args=(--file "$bb:/bin/busybox" --base-etc --dir root:0700 --with-libs "$curl:/usr/bin/curl")
+  local applet
+  while read -r applet; do
+    [[ "$applet" == bin/busybox || "$applet" == usr/bin/wget ]] && continue
+    args+=(--symlink "$applet:/bin/busybox")
+  done < <("$bb" --list-full)
+  "$MKIMAGE" --tag "$TOOLBOX_IMAGE" --out "$out" "${args[@]}" --cmd sh
 }
 
 img_coredns() {
@@ -149,7 +167,7 @@ build_apps() {
   done
 }
 
-build_base() { img_pause; img_busybox; img_coredns; img_local_path; img_selftest; }
+build_base() { img_pause; img_busybox; img_toolbox; img_coredns; img_local_path; img_selftest; }
 
 import_archives() {
   [[ -S "$CONTAINERD_SOCK" ]] || die "containerd socket $CONTAINERD_SOCK not found (is the test bed up?)"
@@ -171,12 +189,12 @@ case "$cmd" in
   all)    build_base; build_apps ;;
   import) import_archives "$@" ;;
   list)   ls "$IMAGES_DIR"/*.tar ;;
-  portable) img_busybox; img_selftest; build_apps ;;
+  portable) img_busybox; img_toolbox; img_selftest; build_apps ;;
   list-portable)
     for f in "$IMAGES_DIR"/*.tar; do
       case "$(basename "$f")" in pbft-pause_*|pbft-coredns_*|pbft-local-path-provisioner_*) ;; *) echo "$f" ;; esac
     done ;;
-  pause|busybox|coredns|selftest) "img_$cmd" ;;
+  pause|busybox|toolbox|coredns|selftest) "img_$cmd" ;;
   local-path) img_local_path ;;
   *) die "usage: $0 [base|apps|all|import [ARCHIVE...]|list]" ;;
 esac

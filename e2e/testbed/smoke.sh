@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Smoke test of a cluster for the pbft-operator e2e tests. Works on any kubeconfig
 # (the local test bed, kind, an existing cluster) with the test bed's images present
-# (busybox and the ldd self-test image); the hermetic checks run only on the test bed.
+# (busybox, toolbox and the ldd self-test image: build-images.sh portable); the hermetic checks run only on the test bed.
 #
 #   KUBECONFIG=/var/lib/pbft-testbed/kubeconfig e2e/testbed/smoke.sh
 #
 # Each check prints PASS/FAIL with what it saw; exits non-zero on any failure; the
-# namespace it creates is deleted on exit.
+# namespace it creates is deleted on exit (PBFT_SMOKE_KEEP=1 keeps it for debugging).
 set -euo pipefail
 LOG_TAG=smoke
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
@@ -22,6 +22,7 @@ fail() { FAILED=$((FAILED + 1)); printf 'FAIL %-28s %s\n' "$1" "$2"; }
 one_line() { tr '\n' ' ' | sed -e 's/  */ /g' -e 's/ $//' | cut -c1-200; }
 PF_PID="" PEER_NS="" PEER_IF=""
 cleanup() {
+  if [[ -n "${PBFT_SMOKE_KEEP:-}" ]]; then echo "PBFT_SMOKE_KEEP set: namespace $NS kept"; return; fi
   [[ -n "$PF_PID" ]] && kill "$PF_PID" 2>/dev/null || true
   [[ -n "$PEER_IF" ]] && ip link del "${PEER_IF}a" 2>/dev/null || true
   [[ -n "$PEER_NS" ]] && ip netns del "$PEER_NS" 2>/dev/null || true
@@ -48,7 +49,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
     - name: main
-      image: $BUSYBOX_IMAGE
+      image: $TOOLBOX_IMAGE
       imagePullPolicy: IfNotPresent
       command: ["sh", "-c", "echo smoke-log-marker-\$(hostname); exec sleep 3600"]
 ---
@@ -175,14 +176,14 @@ for p in besteffort burstable guaranteed; do
 done
 
 # the memory limit is a real cgroup limit inside the Guaranteed pod (48Mi = 50331648)
-lim=$(k -n "$NS" exec guaranteed -- sh -c 'cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max' 2>&1 | one_line)
+lim=$(k -n "$NS" exec guaranteed -- sh -c 'cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max' 2>&1 | one_line || true)
 if [[ "$lim" == 50331648 ]]; then pass cgroup-memory-limit "guaranteed pod sees memory limit $lim bytes"
 else fail cgroup-memory-limit "want 50331648, got '$lim'"; fi
 
 # ---------------------------------------------------------------- logs / exec / port-forward
-out=$(k -n "$NS" logs besteffort 2>&1 | one_line)
+out=$(k -n "$NS" logs besteffort 2>&1 | one_line || true)
 if [[ "$out" == *smoke-log-marker-besteffort* ]]; then pass kubectl-logs "$out"; else fail kubectl-logs "$out"; fi
-out=$(k -n "$NS" exec besteffort -- cat /etc/hostname 2>&1 | one_line)
+out=$(k -n "$NS" exec besteffort -- cat /etc/hostname 2>&1 | one_line || true)
 if [[ "$out" == besteffort ]]; then pass kubectl-exec "hostname=$out"; else fail kubectl-exec "$out"; fi
 
 k -n "$NS" rollout status statefulset/web --timeout=90s >/dev/null 2>&1 || true
@@ -200,7 +201,7 @@ else fail kubectl-port-forward "got '$out' ($(one_line < /tmp/pbft-smoke-pf.$$))
 rm -f /tmp/pbft-smoke-pf.$$
 
 # ---------------------------------------------------------------- DNS and pod networking
-inpod() { k -n "$NS" exec besteffort -- sh -c "$1" 2>&1 | one_line; }
+inpod() { k -n "$NS" exec besteffort -- sh -c "$1" 2>&1 | one_line || true; }
 for p in web-0 web-1; do
   ip=$(k -n "$NS" get pod "$p" -o jsonpath='{.status.podIP}')
   fqdn="$p.web.$NS.svc.$CLUSTER_DOMAIN"
@@ -211,11 +212,12 @@ done
 got=$(inpod "nslookup kubernetes.default.svc.$CLUSTER_DOMAIN")
 if [[ "$got" == *"Address: $KUBERNETES_SVC_IP"* ]]; then pass dns-kubernetes-service "kubernetes.default -> $KUBERNETES_SVC_IP"
 else fail dns-kubernetes-service "$got"; fi
-got=$(inpod "wget -qO- -T 3 http://web-1.web:8080/")
+got=$(inpod "curl -sS --max-time 3 http://web-1.web:8080/")
 if [[ "$got" == web-1 ]]; then pass pod-to-pod "besteffort -> web-1.web:8080 answered '$got'"; else fail pod-to-pod "$got"; fi
-got=$(inpod "for i in 1 2 3 4 5 6; do wget -qO- -T 3 http://web-vip/; done")
+got=$(inpod "for i in 1 2 3 4 5 6; do curl -sS --max-time 3 http://web-vip/; done")
 if [[ "$got" == *web-* ]]; then pass pod-to-clusterip "web-vip:80 answered: $got"; else fail pod-to-clusterip "$got"; fi
-got=$(inpod 'wget -qO- -T 5 --no-check-certificate --header "Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)" https://kubernetes.default.svc/version')
+sa=/var/run/secrets/kubernetes.io/serviceaccount
+got=$(inpod "curl -sS --max-time 5 --cacert $sa/ca.crt -H \"Authorization: Bearer \$(cat $sa/token)\" https://kubernetes.default.svc/version")
 if [[ "$got" == *gitVersion* ]]; then pass pod-to-apiserver "https://kubernetes.default.svc/version: $(grep -o '"gitVersion": *"[^"]*"' <<<"$got")"
 else fail pod-to-apiserver "$got"; fi
 
@@ -223,7 +225,7 @@ else fail pod-to-apiserver "$got"; fi
 k -n "$NS" wait --for=condition=Ready pod/pvc-user --timeout=120s >/dev/null 2>&1 || true
 got=$(k -n "$NS" get pvc data -o jsonpath='{.status.phase} sc={.spec.storageClassName} pv={.spec.volumeName}' 2>&1)
 if [[ "$got" == "Bound sc=standard"* ]]; then pass pvc-bound "$got"; else fail pvc-bound "$got"; fi
-got=$(k -n "$NS" exec pvc-user -- cat /data/f 2>&1 | one_line)
+got=$(k -n "$NS" exec pvc-user -- cat /data/f 2>&1 | one_line || true)
 if [[ "$got" == persisted-pvc-user ]]; then pass pvc-write-read "/data/f: $got"; else fail pvc-write-read "$got"; fi
 
 # ---------------------------------------------------------------- OOM kill, ldd-packed image
@@ -240,7 +242,7 @@ for _ in $(seq 1 60); do
   [[ "$ph" == Succeeded || "$ph" == Failed ]] && break
   sleep 0.5
 done
-got=$(k -n "$NS" logs ldd-selftest 2>&1 | one_line)
+got=$(k -n "$NS" logs ldd-selftest 2>&1 | one_line || true)
 if [[ "$got" == *"ldd-selftest ok"* ]]; then pass ldd-packed-image "$got"; else fail ldd-packed-image "phase=$ph: $got"; fi
 
 # ---------------------------------------------------------------- hermetic rules (test bed only)
