@@ -6,5 +6,5 @@ pub mod core;
 pub mod crypto;
 pub mod membership;
 pub mod proto;
-// pub mod sim;
+pub mod sim;
 pub mod state;

@@ -66,7 +66,9 @@ pub struct Config {
     pub max_view_change_timeout_ms: u64,
     /// Period of the retransmission / status timer.
     pub retransmit_interval_ms: u64,
-    /// View-change messages are kept only for views up to this far ahead.
+    /// How many past views of its own view-change messages a replica remembers
+    /// (to resend them unchanged after a restart). Received view changes are
+    /// bounded differently: only the highest one per sender is kept.
     pub view_window: u64,
     /// Largest protocol message accepted, in bytes.
     pub max_message_bytes: usize,
@@ -87,9 +89,9 @@ pub enum ConfigError {
     CheckpointInterval,
     #[error("watermarkWindow ({window}) must be a positive multiple of checkpointInterval ({interval})")]
     Window { window: u64, interval: u64 },
-    #[error("batch limits must be positive and maxBatchBytes ({batch}) must be at least maxRequestBytes ({request})")]
+    #[error("batch limits must be positive and maxBatchBytes ({batch}) must be at least maxRequestBytes ({request}), itself at least 256; raise the memory budget")]
     Batch { batch: usize, request: usize },
-    #[error("the log budget per peer ({per_peer} bytes) cannot hold one full batch ({batch} bytes); raise the memory budget or lower maxBatchBytes")]
+    #[error("the log budget per peer ({per_peer} bytes) cannot hold a checkpoint interval plus the pipeline of full batches ({batch} bytes each); raise the memory budget or lower maxBatchBytes")]
     LogBudget { per_peer: usize, batch: usize },
     #[error("the view-change budget ({cap} bytes) cannot hold one view change per replica plus a new view, of up to {msg} bytes each")]
     ViewChangeBudget { cap: usize, msg: usize },
@@ -100,47 +102,61 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// A configuration whose caps and message limits are derived from one
-    /// buffer budget in bytes, for `n` replicas.
-    ///
-    /// The derivation keeps the protocol live within the budget: a view
-    /// change carries at most one primary's window of batches (its log
-    /// share) plus prepare signatures, and must fit in one message; the
-    /// view-change buffer holds one such message per replica plus a NEW-VIEW
-    /// that embeds a quorum of them.
+    /// A configuration with default protocol parameters whose caps and
+    /// message limits are derived from one buffer budget in bytes, for `n`
+    /// replicas.
     pub fn with_budget(id: ReplicaId, n: usize, budget: usize) -> Config {
-        let n = n.max(4);
-        let f = (n - 1) / 3;
-        let q = (n + f + 2) / 2;
-        let window: u64 = 128;
-        let view_change = budget / 100 * 40;
-        let max_message_bytes = view_change / (n + q + 1);
-        let signatures = window as usize * q * 256 + 16 * 1024;
-        let per_peer_log = max_message_bytes.saturating_sub(signatures).max(8 * 1024);
-        let max_batch_bytes = (per_peer_log / 4).clamp(2 * 1024, 1024 * 1024);
-        let max_request_bytes = (max_batch_bytes / 2).min(128 * 1024);
-        let checkpoint = budget / 100 * 3;
-        let evidence = budget / 100 * 2;
-        let log = per_peer_log * n;
-        let certificates = 2 * per_peer_log + signatures;
-        let pending = budget.saturating_sub(view_change + checkpoint + evidence + log + certificates);
-        Config {
+        let mut c = Config {
             id,
             checkpoint_interval: 64,
-            watermark_window: window,
+            watermark_window: 128,
             max_batch_requests: 512,
-            max_batch_bytes,
+            max_batch_bytes: 0,
             max_inflight_batches: 8,
             view_change_timeout_ms: 1_000,
             max_view_change_timeout_ms: 30_000,
             retransmit_interval_ms: 500,
             view_window: 16,
-            max_message_bytes,
-            max_request_bytes,
+            max_message_bytes: 0,
+            max_request_bytes: 0,
             max_snapshot_bytes: 256 * 1024 * 1024,
             max_pending_per_client: 8,
-            caps: Caps { log, certificates, pending, view_change, checkpoint, evidence },
-        }
+            caps: Caps::split(budget),
+        };
+        c.derive_limits(n, budget);
+        c
+    }
+
+    /// Re-derives caps and message limits from a budget for the current
+    /// watermark window (call after changing the protocol parameters).
+    ///
+    /// The derivation keeps the protocol live within the budget: a view
+    /// change carries at most one primary's window of batches (its log share)
+    /// plus prepare signatures and must fit in one message; the view-change
+    /// buffer holds one such message per replica plus a NEW-VIEW that embeds
+    /// a quorum of them.
+    pub fn derive_limits(&mut self, n: usize, budget: usize) {
+        let n = n.max(4);
+        let f = (n - 1) / 3;
+        let q = (n + f + 2) / 2;
+        let view_change = budget / 100 * 40;
+        let pending = budget / 100 * 12;
+        let checkpoint = budget / 100 * 3;
+        let evidence = budget / 100 * 2;
+        let max_message_bytes = view_change / (n + q + 1);
+        // Prepares of a full window of certificates, plus checkpoint proof and framing.
+        let signatures = self.watermark_window as usize * (q * 128 + 64) + q * 160 + 1024;
+        // What is left for log and certificates: n log shares plus two shares of certificates.
+        let rest = budget - view_change - pending - checkpoint - evidence;
+        let per_peer_log = max_message_bytes.saturating_sub(signatures).min(rest / (n + 2)).max(1);
+        let certificates = rest - per_peer_log * n;
+        self.max_message_bytes = max_message_bytes;
+        // The primary must be able to hold a full checkpoint interval of
+        // batches (plus its pipeline) before a checkpoint frees its share.
+        let slots = (self.checkpoint_interval + self.max_inflight_batches) as usize;
+        self.max_batch_bytes = (per_peer_log / slots).min(1024 * 1024);
+        self.max_request_bytes = (self.max_batch_bytes / 2).min(128 * 1024);
+        self.caps = Caps { log: per_peer_log * n, certificates, pending, view_change, checkpoint, evidence };
     }
 
     /// Checks that the parameters are coherent for `membership`.
@@ -151,11 +167,12 @@ impl Config {
         if self.watermark_window == 0 || self.watermark_window % self.checkpoint_interval != 0 {
             return Err(ConfigError::Window { window: self.watermark_window, interval: self.checkpoint_interval });
         }
-        if self.max_batch_requests == 0 || self.max_batch_bytes < self.max_request_bytes || self.max_request_bytes == 0 {
+        if self.max_batch_requests == 0 || self.max_batch_bytes < self.max_request_bytes || self.max_request_bytes < 256 {
             return Err(ConfigError::Batch { batch: self.max_batch_bytes, request: self.max_request_bytes });
         }
         let per_peer = self.caps.log / membership.n();
-        if per_peer < self.max_batch_bytes * 2 {
+        let slots = (self.checkpoint_interval + self.max_inflight_batches) as usize;
+        if per_peer < self.max_batch_bytes * slots {
             return Err(ConfigError::LogBudget { per_peer, batch: self.max_batch_bytes });
         }
         if self.caps.view_change < self.max_message_bytes * (membership.n() + membership.quorum() + 1) {
@@ -266,6 +283,8 @@ pub enum Action {
     StableCheckpoint { seq: u64, digest: Digest },
     /// The replica entered a new view.
     NewView { view: u64, primary: ReplicaId },
+    /// The replica suspects the primary and asks for view `view`.
+    ViewChangeStarted { view: u64 },
     /// A new membership epoch is in force.
     MembershipChanged { epoch: u64 },
     /// The state was replaced by a verified snapshot.
@@ -332,6 +351,8 @@ struct Slot {
 #[derive(Clone, Debug)]
 struct Certificate {
     view: u64,
+    /// Requests, kept apart because a pre-prepare from NEW-VIEW has no batch.
+    requests: Vec<Bytes>,
     pre_prepare: Envelope,
     prepares: Vec<Envelope>,
     charge: Charge,
@@ -416,6 +437,11 @@ pub struct Replica {
     failed_views: u32,
     vc_timer_generation: u64,
     vc_timer_armed: bool,
+    /// The pending request the view-change timer is waiting for (oldest first),
+    /// so a primary that censors one request is caught even while others run.
+    vc_watch: Option<Digest>,
+    /// Requests inside pre-prepares of the window: digest -> sequence number.
+    in_flight: HashMap<Digest, u64>,
     retransmit_generation: u64,
     // ----- clients
     pending: BTreeMap<Digest, PendingRequest>,
@@ -492,6 +518,8 @@ impl Replica {
             failed_views: 0,
             vc_timer_generation: 0,
             vc_timer_armed: false,
+            vc_watch: None,
+            in_flight: HashMap::new(),
             retransmit_generation: 0,
             pending: BTreeMap::new(),
             pending_order: VecDeque::new(),
@@ -793,7 +821,35 @@ impl Replica {
         });
     }
 
+    /// Watches the oldest pending request with the view-change timer, or
+    /// stops the timer when nothing waits.
+    fn arm_request_timer(&mut self) {
+        while let Some(d) = self.pending_order.front() {
+            if self.pending.contains_key(d) {
+                break;
+            }
+            self.pending_order.pop_front();
+        }
+        match self.pending_order.front().copied() {
+            Some(d) => {
+                self.vc_watch = Some(d);
+                self.arm_vc_timer();
+            }
+            None => {
+                self.vc_watch = None;
+                self.disarm_vc_timer();
+            }
+        }
+    }
+
     fn on_view_change_timer(&mut self) {
+        if self.active {
+            let starved = self.vc_watch.is_some_and(|d| self.pending.contains_key(&d));
+            if !starved || self.membership.primary(self.view) == self.cfg.id {
+                self.arm_request_timer();
+                return;
+            }
+        }
         self.failed_views = self.failed_views.saturating_add(1);
         let next = self.view + 1;
         self.start_view_change(next);
@@ -825,11 +881,6 @@ impl Replica {
                 return;
             }
         };
-        let digest = sha256(&[&bytes]);
-        if self.pending.contains_key(&digest) {
-            self.counters.dropped_duplicate += 1;
-            return;
-        }
         if let Some(rec) = self.state.clients.get(&body.client) {
             if body.timestamp < rec.timestamp {
                 return;
@@ -840,6 +891,13 @@ impl Replica {
                 self.out.push(Action::Reply { client: body.client.clone(), timestamp: body.timestamp, envelope });
                 return;
             }
+        }
+        let digest = sha256(&[&bytes]);
+        let is_primary = self.membership.primary(self.view) == self.cfg.id;
+        // The primary does not order a request twice; backups keep it to time the primary.
+        if self.pending.contains_key(&digest) || (is_primary && self.in_flight.contains_key(&digest)) {
+            self.counters.dropped_duplicate += 1;
+            return;
         }
         let Ok(client_key) = parse_public_key(&body.client) else {
             self.reject(body.client, body.timestamp, Rejection::Malformed("client key is not a valid ed25519 key".into()));
@@ -867,8 +925,12 @@ impl Replica {
         self.pending_by_client.entry(body.client.clone()).or_default().insert(body.timestamp, digest);
         self.pending.insert(digest, PendingRequest { bytes, client: body.client, timestamp: body.timestamp, charge });
         self.pending_order.push_back(digest);
+        if self.pending_order.len() > 2 * self.pending.len() + 64 {
+            let pending = &self.pending;
+            self.pending_order.retain(|d| pending.contains_key(d));
+        }
         if self.membership.primary(self.view) != self.cfg.id && self.active && !self.vc_timer_armed {
-            self.arm_vc_timer();
+            self.arm_request_timer();
         }
     }
 
@@ -957,8 +1019,7 @@ impl Replica {
                 self.membership_boundary = Some(seq.div_ceil(k) * k);
             }
             self.broadcast(&env);
-            let slot = self.slots.entry(seq).or_default();
-            slot.pre_prepare = Some(SlotPrePrepare { env, digest, requests: reqs, charge: Some(charge) });
+            self.set_pre_prepare(seq, SlotPrePrepare { env, digest, requests: reqs, charge: Some(charge) });
             self.check_slot(seq);
         }
     }
@@ -1067,12 +1128,10 @@ impl Replica {
             }
             Body::ViewChange(v) => {
                 v.new_view > self.view.saturating_sub(if self.active { 0 } else { 1 })
-                    && v.new_view <= self.view + self.cfg.view_window
                     && !self.view_changes.get(&msg.sender).is_some_and(|s| s.view > v.new_view || s.env == env)
             }
             Body::NewView(n) => {
                 (n.view > self.view || (n.view == self.view && !self.active))
-                    && n.view <= self.view + self.cfg.view_window
                     && self.membership.primary(n.view) == msg.sender
             }
             Body::StateRequest(_) | Body::StateResponse(_) => true,
@@ -1178,8 +1237,7 @@ impl Replica {
             let k = self.cfg.checkpoint_interval;
             self.membership_boundary = Some(self.membership_boundary.unwrap_or(u64::MAX).min(p.seq.div_ceil(k) * k));
         }
-        let slot = self.slots.entry(p.seq).or_default();
-        slot.pre_prepare = Some(SlotPrePrepare { env, digest, requests: batch.requests, charge: Some(charge) });
+        self.set_pre_prepare(p.seq, SlotPrePrepare { env, digest, requests: batch.requests, charge: Some(charge) });
         // Votes that arrived earlier with another digest show the primary equivocated
         // to someone: hand them our copy so the equivocation can be proven.
         self.expose_conflicting_votes(p.seq);
@@ -1310,7 +1368,8 @@ impl Replica {
             .collect();
         // A certificate carries the full pre-prepare (with its batch).
         let pre_prepare = pp.env.clone();
-        let size = env_size(&pre_prepare) + prepares.iter().map(env_size).sum::<usize>();
+        let requests = pp.requests.clone();
+        let size = env_size(&pre_prepare) + requests.iter().map(|r| r.len()).sum::<usize>() + prepares.iter().map(env_size).sum::<usize>();
         if self.certificates.get(&seq).is_some_and(|c| c.view >= self.view) {
             return;
         }
@@ -1318,7 +1377,7 @@ impl Replica {
             self.counters.dropped_over_budget += 1;
             return;
         };
-        if let Some(old) = self.certificates.insert(seq, Certificate { view: self.view, pre_prepare, prepares, charge }) {
+        if let Some(old) = self.certificates.insert(seq, Certificate { view: self.view, requests, pre_prepare, prepares, charge }) {
             self.ledger.refund(old.charge);
         }
     }
@@ -1345,13 +1404,11 @@ impl Replica {
             }));
             self.execute_batch(seq, self.view, digest, &requests, true);
             self.failed_views = self.failed_views.saturating_sub(1);
-            // Restart the request timer for what is still waiting, or stop it.
-            if self.active && self.membership.primary(self.view) != self.cfg.id {
-                if self.pending.is_empty() {
-                    self.disarm_vc_timer();
-                } else {
-                    self.arm_vc_timer();
-                }
+            // Stop the request timer when nothing waits any more; a running
+            // timer keeps watching its (oldest) request.
+            if self.active && self.pending.is_empty() {
+                self.vc_watch = None;
+                self.disarm_vc_timer();
             }
         }
     }
@@ -1605,9 +1662,22 @@ impl Replica {
         });
     }
 
+    /// Puts an accepted pre-prepare into its slot and indexes its requests.
+    fn set_pre_prepare(&mut self, seq: u64, pp: SlotPrePrepare) {
+        for r in &pp.requests {
+            self.in_flight.insert(sha256(&[r]), seq);
+        }
+        self.slots.entry(seq).or_default().pre_prepare = Some(pp);
+    }
+
     fn refund_slot(&mut self, slot: Slot) {
-        if let Some(c) = slot.pre_prepare.and_then(|p| p.charge) {
-            self.ledger.refund(c);
+        if let Some(pp) = slot.pre_prepare {
+            for r in &pp.requests {
+                self.in_flight.remove(&sha256(&[r]));
+            }
+            if let Some(c) = pp.charge {
+                self.ledger.refund(c);
+            }
         }
         for m in slot.prepares.into_values().chain(slot.commits.into_values()) {
             if let Some(c) = m.charge {
@@ -1684,6 +1754,7 @@ impl Replica {
         self.counters.view_changes += 1;
         self.view = new_view;
         self.active = false;
+        self.out.push(Action::ViewChangeStarted { view: new_view });
         for (_, slot) in std::mem::take(&mut self.slots) {
             self.refund_slot(slot);
         }
@@ -1694,7 +1765,11 @@ impl Replica {
             .certificates
             .iter()
             .filter(|(s, _)| **s > self.stable.seq)
-            .map(|(_, c)| PreparedCertificate { pre_prepare: Some(c.pre_prepare.clone()), prepares: c.prepares.clone() })
+            .map(|(_, c)| PreparedCertificate {
+                pre_prepare: Some(c.pre_prepare.clone()),
+                prepares: c.prepares.clone(),
+                batch: Some(Batch { requests: c.requests.clone() }),
+            })
             .collect();
         let body = Body::ViewChange(ViewChange {
             new_view,
@@ -1785,7 +1860,7 @@ impl Replica {
                 return None;
             }
             let digest = digest_of(&pp.digest)?;
-            let requests = pp.batch.as_ref()?.requests.clone();
+            let requests = pp.batch.as_ref().or(cert.batch.as_ref())?.requests.clone();
             if batch_digest(&requests) != digest {
                 return None;
             }
@@ -2004,16 +2079,15 @@ impl Replica {
                 let k = self.cfg.checkpoint_interval;
                 self.membership_boundary = Some(s.seq.div_ceil(k) * k);
             }
-            let slot = self.slots.entry(s.seq).or_default();
-            slot.pre_prepare = Some(SlotPrePrepare { env, digest: s.digest, requests: s.requests, charge });
+            self.set_pre_prepare(s.seq, SlotPrePrepare { env, digest: s.digest, requests: s.requests, charge });
         }
         self.next_seq = plan.max_s.max(low) + 1;
         let seqs: Vec<u64> = self.slots.keys().copied().collect();
         for s in seqs {
             self.check_slot(s);
         }
-        if primary != self.cfg.id && !self.pending.is_empty() {
-            self.arm_vc_timer();
+        if primary != self.cfg.id {
+            self.arm_request_timer();
         }
     }
 
