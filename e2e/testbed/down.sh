@@ -49,9 +49,7 @@ done
 for ctrl in /sys/fs/cgroup/*/; do
   kill_cgroup_tree "${ctrl}kubepods"
 done
-stop_daemon kube-scheduler 10
-stop_daemon kube-controller-manager 10
-stop_daemon kube-apiserver 20
+stop_daemons 20 kube-scheduler kube-controller-manager kube-apiserver
 stop_daemon etcd 15
 
 # ---------------------------------------------------------------- mounts
@@ -92,9 +90,23 @@ clean_iptables() { # BIN
 }
 clean_iptables iptables
 clean_iptables ip6tables
-# kube-proxy may leave empty nftables tables of its own (kube-proxy / kube-proxy ipv6)
+# nftables: kube-proxy's own tables, and the iptables-nft tables (filter, nat, mangle,
+# raw) that appeared with the test bed and are empty again (only policies left).
 if command -v nft >/dev/null; then
   for fam in ip ip6; do nft delete table "$fam" kube-proxy 2>/dev/null || true; done
+  if [[ -f "$S/nft-tables.before" ]]; then
+    while read -r _ fam name; do
+      grep -qx "table $fam $name" "$S/nft-tables.before" && continue
+      case "$fam:$name" in
+        ip:filter|ip:nat|ip:mangle|ip:raw) ipt=iptables ;;
+        ip6:filter|ip6:nat|ip6:mangle|ip6:raw) ipt=ip6tables ;;
+        *) continue ;;
+      esac
+      if ! "$ipt" -w -t "$name" -S 2>/dev/null | grep -qv '^-P '; then
+        nft delete table "$fam" "$name" 2>/dev/null && log "nftables: removed empty table $fam $name"
+      fi
+    done < <(nft list tables 2>/dev/null)
+  fi
 fi
 
 # ---------------------------------------------------------------- kernel settings, host paths
@@ -106,6 +118,10 @@ fi
 if [[ -f "$S/host-paths.absent" ]]; then
   while read -r p; do
     [[ -n "$p" && -e "$p" ]] || continue
+    # /run/netns is bind-mounted onto itself by `ip netns`; unmount it once empty
+    if mountpoint -q "$p"; then
+      if [[ -z "$(ls -A "$p")" ]]; then umount "$p" || warn "cannot unmount $p"; else warn "$p is a mount point in use; kept"; continue; fi
+    fi
     rm -rf --one-file-system "$p" && log "host path: removed $p"
   done < "$S/host-paths.absent"
 fi

@@ -20,6 +20,8 @@ CNI_NETWORK=pbft-testbed
 KUBECTL="$K8S_BIN/kubectl"
 CRICTL="$CRICTL_BIN/crictl"
 export PATH="$K8S_BIN:$CRICTL_BIN:$PATH"
+# kubectl's discovery cache: inside the state dir, not in ~/.kube (smoke.sh uses a temp dir)
+[[ $EUID -eq 0 ]] && export KUBECACHEDIR="$S/kubectl-cache"
 
 log()  { printf '[%s %(%H:%M:%S)T] %s\n' "${LOG_TAG:-testbed}" -1 "$*"; }
 warn() { printf '[%s %(%H:%M:%S)T] WARNING: %s\n' "${LOG_TAG:-testbed}" -1 "$*" >&2; }
@@ -60,6 +62,29 @@ start_daemon() {
   log "$name: started (pid $!, log $LOGS/$name.log)"
 }
 
+# stop_daemons TIMEOUT NAME...: TERM all at once, wait for all, KILL stragglers
+stop_daemons() {
+  local timeout="$1"; shift
+  local name pid i alive pids=()
+  for name in "$@"; do
+    pid_alive "$name" || { rm -f "$PIDS/$name.pid"; continue; }
+    pid=$(<"$PIDS/$name.pid"); pids+=("$name:$pid")
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for ((i = 0; i < timeout * 10; i++)); do
+    alive=0
+    for name in "${pids[@]}"; do kill -0 "${name#*:}" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for name in "${pids[@]}"; do
+    pid=${name#*:}; name=${name%%:*}
+    if kill -0 "$pid" 2>/dev/null; then warn "$name (pid $pid) ignored TERM; killing"; kill -KILL "$pid" 2>/dev/null || true; fi
+    rm -f "$PIDS/$name.pid"
+    log "$name: stopped (pid $pid)"
+  done
+}
+
 # stop_daemon NAME [TIMEOUT]: TERM, wait, then KILL; removes the pid file
 stop_daemon() {
   local name="$1" timeout="${2:-15}" f="$PIDS/$1.pid" pid i
@@ -72,6 +97,14 @@ stop_daemon() {
     log "$name: stopped (pid $pid)"
   fi
   rm -f "$f"
+}
+
+# write_file PATH < content: replace PATH only when the content differs (kube-proxy exits
+# when its config file changes; containerd reloads on CNI config writes)
+write_file() {
+  local f="$1" tmp="$1.new.$$"
+  cat > "$tmp"
+  if cmp -s "$tmp" "$f"; then rm -f "$tmp"; else mv "$tmp" "$f"; fi
 }
 
 # wait_for DESCRIPTION TIMEOUT_S CMD... : retry CMD until it succeeds

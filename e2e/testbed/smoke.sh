@@ -21,12 +21,19 @@ pass() { PASSED=$((PASSED + 1)); printf 'PASS %-28s %s\n' "$1" "$2"; }
 fail() { FAILED=$((FAILED + 1)); printf 'FAIL %-28s %s\n' "$1" "$2"; }
 one_line() { tr '\n' ' ' | sed -e 's/  */ /g' -e 's/ $//' | cut -c1-200; }
 PF_PID="" PEER_NS="" PEER_IF=""
+NETNS_DIR_EXISTED=0; [[ -e /run/netns ]] && NETNS_DIR_EXISTED=1
+KUBECACHEDIR=$(mktemp -d /tmp/pbft-smoke-kubecache.XXXXXX); export KUBECACHEDIR
 cleanup() {
-  if [[ -n "${PBFT_SMOKE_KEEP:-}" ]]; then echo "PBFT_SMOKE_KEEP set: namespace $NS kept"; return; fi
   [[ -n "$PF_PID" ]] && kill "$PF_PID" 2>/dev/null || true
   [[ -n "$PEER_IF" ]] && ip link del "${PEER_IF}a" 2>/dev/null || true
   [[ -n "$PEER_NS" ]] && ip netns del "$PEER_NS" 2>/dev/null || true
-  k delete namespace "$NS" --wait=true --timeout=90s >/dev/null 2>&1 || echo "warning: namespace $NS not deleted in time"
+  # `ip netns add` bind-mounts /run/netns onto itself: undo that if we created it
+  if ((NETNS_DIR_EXISTED == 0)) && [[ -d /run/netns && -z "$(ls -A /run/netns 2>/dev/null)" ]]; then
+    umount /run/netns 2>/dev/null || true; rmdir /run/netns 2>/dev/null || true
+  fi
+  if [[ -n "${PBFT_SMOKE_KEEP:-}" ]]; then echo "PBFT_SMOKE_KEEP set: namespace $NS kept"
+  else k delete namespace "$NS" --wait=true --timeout=90s >/dev/null 2>&1 || echo "warning: namespace $NS not deleted in time"; fi
+  rm -rf "$KUBECACHEDIR"
 }
 trap cleanup EXIT
 T0=$EPOCHREALTIME

@@ -32,9 +32,12 @@ echo "$NODE_IP" > "$S/node-ip"
 # absent before the first bring-up, so down.sh removes exactly those.
 if [[ ! -f "$S/host-paths.absent" ]]; then
   for p in /var/lib/cni /run/containerd /var/log/containers /var/log/pods /run/netns \
-           /var/lib/kubelet /etc/kubernetes /var/run/kubernetes /etc/cni /opt/cni; do
+           /var/lib/kubelet /etc/kubernetes /var/run/kubernetes /etc/cni /opt/cni /run/mount \
+           "$HOME/.kube"; do
     [[ -e "$p" ]] || echo "$p"
   done > "$S/host-paths.absent"
+  # netfilter tables present before (iptables-nft creates filter/nat/mangle on first use)
+  if command -v nft >/dev/null; then nft list tables > "$S/nft-tables.before" 2>/dev/null || true; fi
 fi
 
 # ---------------------------------------------------------------- kernel settings
@@ -177,7 +180,7 @@ start_daemon kube-scheduler "$K8S_BIN/kube-scheduler" \
 
 # ---------------------------------------------------------------- containerd + CNI
 mkdir -p "$S/containerd" "$S/cni/net.d" "$S/cni/ipam" "$S/containerd/certs.d"
-cat > "$S/cni/net.d/10-pbft-testbed.conflist" <<EOF
+write_file "$S/cni/net.d/10-pbft-testbed.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "$CNI_NETWORK",
@@ -202,9 +205,9 @@ EOF
 # Any pull attempt goes to a closed local port, never off the machine.
 for reg in _default docker.io registry.k8s.io ghcr.io quay.io gcr.io localhost; do
   mkdir -p "$S/containerd/certs.d/$reg"
-  printf 'server = "http://127.0.0.1:1"\n' > "$S/containerd/certs.d/$reg/hosts.toml"
+  printf 'server = "http://127.0.0.1:1"\n' | write_file "$S/containerd/certs.d/$reg/hosts.toml"
 done
-cat > "$S/containerd/config.toml" <<EOF
+write_file "$S/containerd/config.toml" <<EOF
 version = 2
 root = "$S/containerd/root"
 state = "$S/containerd/state"
@@ -250,8 +253,8 @@ log "images: importing archives from $IMAGES_DIR"
 # ---------------------------------------------------------------- kubelet, kube-proxy
 mkdir -p "$S/kubelet" "$KUBELET_ROOT"
 # Pods with dnsPolicy Default get this resolv.conf: nothing upstream (hermetic).
-printf 'nameserver 127.0.0.1\noptions ndots:1\n' > "$S/kubelet/resolv.conf"
-cat > "$S/kubelet/config.yaml" <<EOF
+printf 'nameserver 127.0.0.1\noptions ndots:1\n' | write_file "$S/kubelet/resolv.conf"
+write_file "$S/kubelet/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 authentication:
@@ -289,7 +292,7 @@ start_daemon kubelet "$K8S_BIN/kubelet" --config="$S/kubelet/config.yaml" \
   --kubeconfig="$S/kubeconfigs/kubelet.kubeconfig" --root-dir="$KUBELET_ROOT" \
   --cert-dir="$S/kubelet/pki" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --v=1
 
-cat > "$S/kube-proxy.yaml" <<EOF
+write_file "$S/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: "$S/kubeconfigs/kube-proxy.kubeconfig"}
