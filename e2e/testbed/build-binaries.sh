@@ -28,7 +28,7 @@ mkdir -p "$GOMODCACHE" "$GOCACHE" "$WRAP" "$PBFT_CACHE/bin"
 
 APT_PACKAGES=(containerd runc containernetworking-plugins conntrack iptables openssl
               busybox-static socat ethtool kmod iproute2 util-linux procps gcc libc6-dev
-              python3 dnsutils curl)
+              python3 dnsutils curl nftables binutils)
 
 ensure_apt() {
   local missing=() p

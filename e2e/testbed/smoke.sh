@@ -265,6 +265,12 @@ if [[ -f "$S/node-ip" && "$KUBECONFIG" == "$KUBECONFIG_PATH" ]]; then
   if [[ "$conf" == *'"ipMasq":false'* ]]; then pass hermetic-no-masquerade "CNI bridge ipMasq=false"; else fail hermetic-no-masquerade "$conf"; fi
   cf=$(k -n kube-system get configmap coredns -o jsonpath='{.data.Corefile}')
   if [[ "$cf" != *forward* && "$cf" != *proxy* ]]; then pass hermetic-dns-no-upstream "Corefile has no forward/proxy"; else fail hermetic-dns-no-upstream "$cf"; fi
+  # Image pulls are pinned to a closed local port for every registry. Checked with ctr
+  # (same hosts.toml resolver as the CRI) inside an empty network namespace, so even a
+  # wrong config could not send anything off the machine.
+  got=$(unshare -n sh -c "ip link set lo up; timeout 20 ctr --address $CONTAINERD_SOCK -n k8s.io images pull --hosts-dir $S/containerd/certs.d docker.io/library/pbft-smoke-nosuch:1" 2>&1 | tail -1 || true)
+  if [[ "$got" == *"127.0.0.1:1"*"connection refused"* ]]; then pass hermetic-no-pull "docker.io pull -> 127.0.0.1:1 refused"
+  else fail hermetic-no-pull "$got"; fi
   # A pod sending toward another interface is dropped. The target is a test host in a
   # network namespace made here (198.18.255.2, behind a veth on this machine): even
   # without the rule, nothing would leave the machine.

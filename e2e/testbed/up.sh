@@ -27,6 +27,9 @@ done
 NODE_IP=$(node_ip)
 log "node $NODE_NAME, IP $NODE_IP, state $S"
 mkdir -p "$S" "$PKI" "$LOGS" "$PIDS"
+if [[ -f "$S/node-ip" && "$(<"$S/node-ip")" != "$NODE_IP" ]]; then
+  die "node IP changed ($(<"$S/node-ip") -> $NODE_IP): certificates name the old one; run e2e/testbed/down.sh first"
+fi
 echo "$NODE_IP" > "$S/node-ip"
 # Host paths that the daemons may create outside the state dir: remember which were
 # absent before the first bring-up, so down.sh removes exactly those.
@@ -202,10 +205,13 @@ write_file "$S/cni/net.d/10-pbft-testbed.conflist" <<EOF
   ]
 }
 EOF
-# Any pull attempt goes to a closed local port, never off the machine.
-for reg in _default docker.io registry.k8s.io ghcr.io quay.io gcr.io localhost; do
+# Images are never pulled: a pull of any of these registries goes to a closed local port.
+# (containerd 1.6 ignores a hosts.toml without a [host] table: "invalid `host` tree".)
+for reg in _default docker.io registry.k8s.io ghcr.io quay.io gcr.io registry.gitlab.com public.ecr.aws \
+           mcr.microsoft.com localhost; do
   mkdir -p "$S/containerd/certs.d/$reg"
-  printf 'server = "http://127.0.0.1:1"\n' | write_file "$S/containerd/certs.d/$reg/hosts.toml"
+  printf 'server = "http://127.0.0.1:1"\n\n[host."http://127.0.0.1:1"]\n  capabilities = ["pull", "resolve"]\n' \
+    | write_file "$S/containerd/certs.d/$reg/hosts.toml"
 done
 write_file "$S/containerd/config.toml" <<EOF
 version = 2
