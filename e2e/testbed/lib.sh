@@ -42,12 +42,22 @@ node_ip() {
   echo "$ip"
 }
 
-# pid_alive NAME: the pid in $PIDS/NAME.pid is running
+# proc_alive PID NAME: PID runs (not a zombie) and its argv[0] is the NAME binary
+# (guards against reused pids and unreaped zombies after a kill)
+proc_alive() {
+  local pid="$1" name="$2" state argv0
+  [[ -n "$pid" && -r "/proc/$pid/stat" ]] || return 1
+  state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
+  [[ "$state" != Z && "$state" != X ]] || return 1
+  argv0=$(tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | head -1) || return 1
+  [[ "$(basename "$argv0")" == "$name" ]]
+}
+
+# pid_alive NAME: the daemon recorded in $PIDS/NAME.pid is running
 pid_alive() {
-  local f="$PIDS/$1.pid" pid
+  local f="$PIDS/$1.pid"
   [[ -f "$f" ]] || return 1
-  pid=$(<"$f")
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
+  proc_alive "$(<"$f")" "$1"
 }
 
 # start_daemon NAME CMD... : start detached (new session), log to $LOGS/NAME.log,
@@ -73,13 +83,13 @@ stop_daemons() {
   done
   for ((i = 0; i < timeout * 10; i++)); do
     alive=0
-    for name in "${pids[@]}"; do kill -0 "${name#*:}" 2>/dev/null && alive=1; done
+    for name in "${pids[@]}"; do proc_alive "${name#*:}" "${name%%:*}" && alive=1; done
     ((alive)) || break
     sleep 0.1
   done
   for name in "${pids[@]}"; do
     pid=${name#*:}; name=${name%%:*}
-    if kill -0 "$pid" 2>/dev/null; then warn "$name (pid $pid) ignored TERM; killing"; kill -KILL "$pid" 2>/dev/null || true; fi
+    if proc_alive "$pid" "$name"; then warn "$name (pid $pid) ignored TERM; killing"; kill -KILL "$pid" 2>/dev/null || true; fi
     rm -f "$PIDS/$name.pid"
     log "$name: stopped (pid $pid)"
   done
@@ -90,10 +100,10 @@ stop_daemon() {
   local name="$1" timeout="${2:-15}" f="$PIDS/$1.pid" pid i
   [[ -f "$f" ]] || return 0
   pid=$(<"$f")
-  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+  if proc_alive "$pid" "$name"; then
     kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < timeout * 10; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then warn "$name (pid $pid) ignored TERM; killing"; kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
+    for ((i = 0; i < timeout * 10; i++)); do proc_alive "$pid" "$name" || break; sleep 0.1; done
+    if proc_alive "$pid" "$name"; then warn "$name (pid $pid) ignored TERM; killing"; kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
     log "$name: stopped (pid $pid)"
   fi
   rm -f "$f"

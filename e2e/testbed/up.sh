@@ -24,6 +24,17 @@ for b in "${K8S_BIN}"/{kube-apiserver,kube-controller-manager,kube-scheduler,kub
 done
 "$TESTBED_DIR/../images/build-images.sh" base | sed 's/^/  /'
 
+# State left by a run whose processes are all gone (machine restarted, session ended):
+# clean it first, so stale mounts, shims and netns cannot confuse the new daemons.
+if compgen -G "$PIDS/*.pid" >/dev/null; then
+  alive=0
+  for f in "$PIDS"/*.pid; do n=$(basename "$f" .pid); pid_alive "$n" && alive=$((alive + 1)); done
+  if ((alive == 0)); then
+    log "stale state in $S (no daemon of it is running): cleaning with down.sh first"
+    "$TESTBED_DIR/down.sh" | sed 's/^/  /'
+  fi
+fi
+
 NODE_IP=$(node_ip)
 log "node $NODE_NAME, IP $NODE_IP, state $S"
 mkdir -p "$S" "$PKI" "$LOGS" "$PIDS"
