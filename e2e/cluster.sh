@@ -16,6 +16,9 @@ source "$E2E/testbed/versions.env"
 : "${KIND_CLUSTER:=pbft-e2e}"
 : "${PBFT_KIND_KUBECONFIG:=$HOME/.kube/pbft-e2e-kind.yaml}"
 die() { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
+case "$PROVIDER" in testbed|kind|existing) ;; *) die "PBFT_E2E_PROVIDER must be testbed, kind or existing (got '$PROVIDER')" ;; esac
+# prefer the kubectl built for the test bed (matching version) when present
+[[ -x "$K8S_BIN/kubectl" ]] && export PATH="$K8S_BIN:$PATH"
 
 kubeconfig() {
   case "$PROVIDER" in
