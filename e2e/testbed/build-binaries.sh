@@ -152,9 +152,18 @@ build_coredns() {
 }
 
 build_helm() {
-  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
-  go_install "helm $HELM_VERSION" "$HELM_BIN" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
-    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean -X helm.sh/helm/v3/internal/version.gitCommit=$HELM_VERSION" helm
+  if all_present "$HELM_BIN" helm; then log "helm $HELM_VERSION: cached in $HELM_BIN"; return; fi
+  # Like Helm's Makefile: the default Capabilities.KubeVersion (helm template, lint) is
+  # the Kubernetes version of the client-go that Helm's go.mod requires (v0.X.Y -> 1.X).
+  local cg; cg=$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$(gomod_path "helm.sh/helm/v3@$HELM_VERSION")")
+  [[ "$cg" =~ ^v0\.([0-9]+)\. ]] || die "helm: cannot read the k8s.io/client-go version from its go.mod (got '$cg')"
+  local kmin="${BASH_REMATCH[1]}" ld="" p
+  ld+="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  ld+=" -X helm.sh/helm/v3/internal/version.gitCommit=$HELM_VERSION"
+  for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ld+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$kmin"
+  done
+  go_install "helm $HELM_VERSION" "$HELM_BIN" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$ld" helm
 }
 
 build_local_path() {
