@@ -21,7 +21,7 @@ if [[ "${1:-up}" == down ]]; then
   exit 0
 fi
 
-if kind get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER"; then
+if kind get clusters 2>/dev/null | grep -cx "$KIND_CLUSTER" >/dev/null; then
   log "cluster $KIND_CLUSTER exists"
   kind export kubeconfig --name "$KIND_CLUSTER" --kubeconfig "$PBFT_KIND_KUBECONFIG"
 else

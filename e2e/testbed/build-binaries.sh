@@ -33,7 +33,7 @@ APT_PACKAGES=(containerd runc containernetworking-plugins conntrack iptables ope
 ensure_apt() {
   local missing=() p
   for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -c 'install ok installed' >/dev/null || missing+=("$p")
   done
   if ((${#missing[@]} == 0)); then log "apt: all ${#APT_PACKAGES[@]} packages present"; return; fi
   log "apt: installing ${missing[*]}"
@@ -98,7 +98,7 @@ build_k8s() {
   log "k8s $K8S_VERSION: go build ${K8S_CMDS[*]} (cold: 15-30 min on 2 cores)"
   (cd "$w" && go build -mod=mod -trimpath -ldflags "$ld" -o "$tmp/" "${pkgs[@]}")
   all_present "$tmp" "${K8S_CMDS[@]}" || die "k8s: build finished but binaries are missing in $tmp"
-  "$tmp/kubectl" version --client 2>/dev/null | grep -q "$K8S_VERSION" || die "k8s: kubectl does not report $K8S_VERSION"
+  "$tmp/kubectl" version --client 2>/dev/null | grep -c "$K8S_VERSION" >/dev/null || die "k8s: kubectl does not report $K8S_VERSION"
   finish "k8s $K8S_VERSION" "$K8S_BIN" "$tmp" "$start"
 }
 
@@ -130,7 +130,7 @@ EOF
   log "etcd $ETCD_VERSION: go build"
   (cd "$w" && go mod tidy && go build -trimpath \
       -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION" -o "$tmp/etcd" .)
-  "$tmp/etcd" --version | grep -q "${ETCD_VERSION#v}" || die "etcd: built binary does not report $ETCD_VERSION"
+  "$tmp/etcd" --version | grep -c "${ETCD_VERSION#v}" >/dev/null || die "etcd: built binary does not report $ETCD_VERSION"
   finish "etcd $ETCD_VERSION" "$ETCD_BIN" "$tmp" "$start"
 }
 

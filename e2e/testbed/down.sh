@@ -102,7 +102,7 @@ if command -v nft >/dev/null; then
         ip6:filter|ip6:nat|ip6:mangle|ip6:raw) ipt=ip6tables ;;
         *) continue ;;
       esac
-      if ! "$ipt" -w -t "$name" -S 2>/dev/null | grep -qv '^-P '; then
+      if ! "$ipt" -w -t "$name" -S 2>/dev/null | grep -cv '^-P ' >/dev/null; then
         nft delete table "$fam" "$name" 2>/dev/null && log "nftables: removed empty table $fam $name"
       fi
     done < <(nft list tables 2>/dev/null)

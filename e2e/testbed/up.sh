@@ -17,7 +17,7 @@ T0=$EPOCHREALTIME
 elapsed() { awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
 # ---------------------------------------------------------------- binaries, images
-"$TESTBED_DIR/build-binaries.sh" apt etcd k8s coredns local-path crictl | sed 's/^/  /'
+"$TESTBED_DIR/build-binaries.sh" apt etcd k8s coredns local-path crictl helm | sed 's/^/  /'
 for b in "${K8S_BIN}"/{kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy,kubectl} \
          "$ETCD_BIN/etcd" "$CRICTL"; do
   [[ -x "$b" ]] || die "$b missing after build-binaries.sh"
@@ -359,7 +359,7 @@ render "$TESTBED_DIR/manifests/local-path.yaml" | kc apply -f - >/dev/null
 log "addons applied: CoreDNS ($CLUSTER_DNS_IP), local-path-provisioner (StorageClass standard)"
 wait_for "CoreDNS available" 120 kc -n kube-system rollout status deploy/coredns --timeout=2s \
   || die "CoreDNS not available: kubectl -n kube-system describe pod -l k8s-app=kube-dns"
-dns_ok() { dig +short +time=1 +tries=1 "@$CLUSTER_DNS_IP" "kubernetes.default.svc.$CLUSTER_DOMAIN" | grep -qx "$KUBERNETES_SVC_IP"; }
+dns_ok() { dig +short +time=1 +tries=1 "@$CLUSTER_DNS_IP" "kubernetes.default.svc.$CLUSTER_DOMAIN" | grep -cx "$KUBERNETES_SVC_IP" >/dev/null; }
 wait_for "DNS answers (kubernetes.default.svc.$CLUSTER_DOMAIN -> $KUBERNETES_SVC_IP)" 60 dns_ok \
   || die "DNS at $CLUSTER_DNS_IP does not answer: check $LOGS/kube-proxy.log and CoreDNS pod logs"
 wait_for "local-path-provisioner available" 120 kc -n local-path-storage rollout status deploy/local-path-provisioner --timeout=2s \
@@ -367,3 +367,4 @@ wait_for "local-path-provisioner available" 120 kc -n local-path-storage rollout
 
 log "test bed up in $(elapsed)s: node $NODE_NAME Ready, DNS answers, StorageClass standard"
 echo "export KUBECONFIG=$KUBECONFIG_PATH"
+echo "export PATH=$K8S_BIN:$HELM_BIN:$CRICTL_BIN:\$PATH   # kubectl $K8S_VERSION, helm, crictl"
