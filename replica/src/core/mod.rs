@@ -233,6 +233,10 @@ pub enum Rejection {
 pub enum PersistRecord {
     /// An envelope this replica signed (before it is sent).
     Signed(Envelope),
+    /// A prepared certificate (before the commit vote is sent), so that a
+    /// restarted replica still carries it into view changes: a request that
+    /// committed can then never be replaced by another in a later view.
+    Prepared { view: u64, seq: u64, pre_prepare: Envelope, requests: Vec<Bytes>, prepares: Vec<Envelope> },
     /// A committed batch (before it is executed).
     Committed { seq: u64, view: u64, batch: Batch },
     /// A stable checkpoint: the state snapshot and its proof. Records before
@@ -258,6 +262,8 @@ pub enum Warning {
     BadStateTransfer(String),
     /// The core refused to sign something conflicting with what it signed before a restart.
     RefusedToResign { seq: u64 },
+    /// A view change (ours or a peer's) did not validate.
+    InvalidViewChange { from: ReplicaId, why: String },
 }
 
 /// An output of the state machine.
@@ -400,6 +406,15 @@ struct Transition {
     ticks_left: u32,
 }
 
+/// What the view-change timer is waiting for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Watch {
+    Request(Digest),
+    Seq(u64),
+    /// A membership boundary checkpoint that must become stable.
+    Stable(u64),
+}
+
 /// A decoded, pre-filtered message waiting for its signature check.
 struct Candidate {
     env: Envelope,
@@ -437,9 +452,15 @@ pub struct Replica {
     failed_views: u32,
     vc_timer_generation: u64,
     vc_timer_armed: bool,
-    /// The pending request the view-change timer is waiting for (oldest first),
-    /// so a primary that censors one request is caught even while others run.
-    vc_watch: Option<Digest>,
+    /// What the view-change timer waits for: the oldest pending request (so a
+    /// primary that censors one request is caught even while others run), or
+    /// else the lowest accepted but unexecuted sequence number.
+    vc_watch: Option<Watch>,
+    /// Retransmission ticks without progress (retransmission backs off).
+    idle_ticks: u32,
+    /// Votes for a view we have not entered yet (unverified, byte-accounted to
+    /// their sender), replayed when the NEW-VIEW arrives.
+    future_votes: Vec<(u64, Digest, Bytes, Charge)>,
     /// Requests inside pre-prepares of the window: digest -> sequence number.
     in_flight: HashMap<Digest, u64>,
     retransmit_generation: u64,
@@ -519,7 +540,9 @@ impl Replica {
             vc_timer_generation: 0,
             vc_timer_armed: false,
             vc_watch: None,
+            idle_ticks: 0,
             in_flight: HashMap::new(),
+            future_votes: Vec::new(),
             retransmit_generation: 0,
             pending: BTreeMap::new(),
             pending_order: VecDeque::new(),
@@ -576,6 +599,21 @@ impl Replica {
         }
         // Replayed executions are not news; retransmission re-sends what matters.
         r.out.clear();
+        // Prepared certificates above the stable checkpoint, highest view per seq.
+        for rec in records {
+            if let PersistRecord::Prepared { view, seq, pre_prepare, requests, prepares } = rec {
+                if *seq <= r.stable.seq || r.certificates.get(seq).is_some_and(|c| c.view >= *view) {
+                    continue;
+                }
+                let size = env_size(pre_prepare) + requests.iter().map(|x| x.len()).sum::<usize>() + prepares.iter().map(env_size).sum::<usize>();
+                if let Some(charge) = r.ledger.charge(Category::Certificates, None, size) {
+                    let cert = Certificate { view: *view, requests: requests.clone(), pre_prepare: pre_prepare.clone(), prepares: prepares.clone(), charge };
+                    if let Some(old) = r.certificates.insert(*seq, cert) {
+                        r.ledger.refund(old.charge);
+                    }
+                }
+            }
+        }
         // 3. What it signed: never sign differently; resume its view.
         let mut max_view = 0;
         let mut in_view_change_for: Option<u64> = None;
@@ -616,7 +654,8 @@ impl Replica {
         r.next_seq = r.next_seq.max(r.state.seq + 1);
         r.active = !(in_view_change_for == Some(max_view) && !normal_in.contains(&max_view));
         if !r.active {
-            r.arm_vc_timer();
+            // Re-enter the view change: the guard hands back the very message signed before.
+            r.start_view_change(max_view);
         }
         r.prune_signed();
         r.arm_retransmit();
@@ -687,6 +726,41 @@ impl Replica {
         &self.cfg
     }
 
+    /// A one-line summary of the log above the last executed request, for diagnostics.
+    pub fn describe_log(&self) -> String {
+        let q = self.membership.quorum();
+        let mut parts = vec![];
+        for (seq, slot) in self.slots.range(self.state.seq + 1..).take(6) {
+            let d = slot.pre_prepare.as_ref().map(|p| p.digest);
+            let prep = slot.prepares.values().filter(|m| Some(m.digest.as_slice()) == d.as_ref().map(|x| x.as_slice())).count();
+            let com: Vec<String> = slot
+                .commits
+                .iter()
+                .filter(|(_, m)| Some(m.digest.as_slice()) == d.as_ref().map(|x| x.as_slice()))
+                .map(|(r, _)| r.to_string())
+                .collect();
+            let com = com.join("/");
+            parts.push(format!(
+                "{seq}:{}{}p{prep}c{com}{}",
+                if d.is_some() { "PP," } else { "-," },
+                if slot.prepared { "P," } else { "" },
+                if slot.committed { ",C" } else { "" }
+            ));
+        }
+        format!(
+            "view {} active {} exec {} stable {} next {} q {q} pending {} boundary {:?} next_membership {} slots [{}]",
+            self.view,
+            self.active,
+            self.state.seq,
+            self.stable.seq,
+            self.next_seq,
+            self.pending.len(),
+            self.membership_boundary,
+            self.state.next_membership.is_some(),
+            parts.join(" ")
+        )
+    }
+
     /// Recomputes the accounted bytes from what is actually stored. The
     /// simulator checks that it equals the ledger's running total, which
     /// catches any charge that was forgotten or refunded twice.
@@ -706,7 +780,8 @@ impl Replica {
         let votes: usize =
             self.checkpoint_votes.values().flat_map(|m| m.values()).filter_map(|v| v.charge).map(|c| c.bytes).sum();
         let evidence: usize = self.evidence.iter().map(|(_, c)| c.bytes).sum();
-        slots + certs + pending + vcs + votes + evidence
+        let future: usize = self.future_votes.iter().map(|(_, _, _, c)| c.bytes).sum();
+        slots + certs + pending + vcs + votes + evidence + future
     }
 
     // ------------------------------------------------------------------ entry point
@@ -821,8 +896,9 @@ impl Replica {
         });
     }
 
-    /// Watches the oldest pending request with the view-change timer, or
-    /// stops the timer when nothing waits.
+    /// Points the view-change timer at the oldest pending request (backups
+    /// only: the primary orders its own), or else at the lowest accepted but
+    /// unexecuted sequence number; stops it when nothing waits.
     fn arm_request_timer(&mut self) {
         while let Some(d) = self.pending_order.front() {
             if self.pending.contains_key(d) {
@@ -830,9 +906,22 @@ impl Replica {
             }
             self.pending_order.pop_front();
         }
-        match self.pending_order.front().copied() {
-            Some(d) => {
-                self.vc_watch = Some(d);
+        let is_primary = self.membership.primary(self.view) == self.cfg.id;
+        let request = if is_primary { None } else { self.pending_order.front().copied().map(Watch::Request) };
+        let seq = || {
+            self.slots
+                .iter()
+                .find(|(s, slot)| **s > self.state.seq && slot.pre_prepare.is_some())
+                .map(|(s, _)| Watch::Seq(*s))
+        };
+        let boundary = || {
+            let k = self.cfg.checkpoint_interval;
+            (self.state.next_membership.is_some() && self.state.seq % k == 0 && self.state.seq > self.stable.seq)
+                .then_some(Watch::Stable(self.state.seq))
+        };
+        match request.or_else(seq).or_else(boundary) {
+            Some(w) => {
+                self.vc_watch = Some(w);
                 self.arm_vc_timer();
             }
             None => {
@@ -842,16 +931,43 @@ impl Replica {
         }
     }
 
+    fn watch_satisfied(&self) -> bool {
+        match self.vc_watch {
+            None => true,
+            Some(Watch::Request(d)) => !self.pending.contains_key(&d),
+            Some(Watch::Seq(s)) => self.state.seq >= s,
+            Some(Watch::Stable(s)) => self.stable.seq >= s,
+        }
+    }
+
     fn on_view_change_timer(&mut self) {
-        if self.active {
-            let starved = self.vc_watch.is_some_and(|d| self.pending.contains_key(&d));
-            if !starved || self.membership.primary(self.view) == self.cfg.id {
-                self.arm_request_timer();
+        if self.active && self.watch_satisfied() {
+            self.arm_request_timer();
+            return;
+        }
+        // Move to the lowest higher view another replica already asked for,
+        // so replicas whose views drifted apart meet again instead of chasing
+        // each other. With nobody ahead, a replica gives up on its view only
+        // once a quorum reached it (its primary had its chance); otherwise it
+        // waits there for the others.
+        let higher = self
+            .view_changes
+            .iter()
+            .filter(|(r, v)| **r != self.cfg.id && v.view > self.view)
+            .map(|(_, v)| v.view)
+            .min();
+        if !self.active && higher.is_none() {
+            let here = self.view_changes.values().filter(|v| v.view >= self.view).count();
+            if here < self.membership.quorum() {
+                if let Some(vc) = self.view_changes.get(&self.cfg.id).map(|v| v.env.clone()) {
+                    self.broadcast(&vc);
+                }
+                self.arm_vc_timer();
                 return;
             }
         }
         self.failed_views = self.failed_views.saturating_add(1);
-        let next = self.view + 1;
+        let next = higher.unwrap_or(self.view.saturating_add(1));
         self.start_view_change(next);
     }
 
@@ -929,7 +1045,7 @@ impl Replica {
             let pending = &self.pending;
             self.pending_order.retain(|d| pending.contains_key(d));
         }
-        if self.membership.primary(self.view) != self.cfg.id && self.active && !self.vc_timer_armed {
+        if self.active && !self.vc_timer_armed {
             self.arm_request_timer();
         }
     }
@@ -1099,6 +1215,19 @@ impl Replica {
             return None;
         };
         let in_window = |seq: u64| seq > self.stable.seq && seq <= self.stable.seq + self.cfg.watermark_window;
+        let vote_view_seq = match msg.body.as_ref()? {
+            Body::PrePrepare(p) => Some((p.view, p.seq)),
+            Body::Prepare(p) => Some((p.view, p.seq)),
+            Body::Commit(c) => Some((c.view, c.seq)),
+            _ => None,
+        };
+        if let Some((view, seq)) = vote_view_seq {
+            let ahead = view > self.view || (view == self.view && !self.active);
+            if ahead && view <= self.view + 2 && in_window(seq) {
+                self.buffer_future_vote(view, msg.sender, bytes);
+                return None;
+            }
+        }
         let fresh = match msg.body.as_ref()? {
             Body::PrePrepare(p) => {
                 in_window(p.seq) && p.view == self.view && self.active && self.is_new_vote(&msg, &env, p.seq, |s| s.pre_prepare.as_ref().map(|x| &x.env))
@@ -1142,6 +1271,19 @@ impl Replica {
             return None;
         }
         Some(Candidate { env, msg, key })
+    }
+
+    /// Keeps a vote for a view we are about to enter.
+    fn buffer_future_vote(&mut self, view: u64, sender: ReplicaId, bytes: Bytes) {
+        let digest = sha256(&[&bytes]);
+        if self.future_votes.iter().any(|(_, d, _, _)| *d == digest) {
+            self.counters.dropped_duplicate += 1;
+            return;
+        }
+        match self.ledger.charge(Category::Log, Some(sender), bytes.len()) {
+            Some(charge) => self.future_votes.push((view, digest, bytes, charge)),
+            None => self.counters.dropped_over_budget += 1,
+        }
     }
 
     /// Whether a vote is worth verifying: not an exact duplicate of what is
@@ -1238,6 +1380,9 @@ impl Replica {
             self.membership_boundary = Some(self.membership_boundary.unwrap_or(u64::MAX).min(p.seq.div_ceil(k) * k));
         }
         self.set_pre_prepare(p.seq, SlotPrePrepare { env, digest, requests: batch.requests, charge: Some(charge) });
+        if !self.vc_timer_armed {
+            self.arm_request_timer();
+        }
         // Votes that arrived earlier with another digest show the primary equivocated
         // to someone: hand them our copy so the equivocation can be proven.
         self.expose_conflicting_votes(p.seq);
@@ -1377,6 +1522,13 @@ impl Replica {
             self.counters.dropped_over_budget += 1;
             return;
         };
+        self.out.push(Action::Persist(PersistRecord::Prepared {
+            view: self.view,
+            seq,
+            pre_prepare: pre_prepare.clone(),
+            requests: requests.clone(),
+            prepares: prepares.clone(),
+        }));
         if let Some(old) = self.certificates.insert(seq, Certificate { view: self.view, requests, pre_prepare, prepares, charge }) {
             self.ledger.refund(old.charge);
         }
@@ -1404,11 +1556,9 @@ impl Replica {
             }));
             self.execute_batch(seq, self.view, digest, &requests, true);
             self.failed_views = self.failed_views.saturating_sub(1);
-            // Stop the request timer when nothing waits any more; a running
-            // timer keeps watching its (oldest) request.
-            if self.active && self.pending.is_empty() {
-                self.vc_watch = None;
-                self.disarm_vc_timer();
+            // Once what the timer watched is done, watch the next thing (or stop).
+            if self.active && self.watch_satisfied() {
+                self.arm_request_timer();
             }
         }
     }
@@ -1721,6 +1871,9 @@ impl Replica {
                 }
             }
         }
+        for (_, _, _, c) in std::mem::take(&mut self.future_votes) {
+            self.ledger.refund(c);
+        }
         self.checkpoint_claims.clear();
         self.evidence_seen.clear();
         self.membership_boundary = None;
@@ -1781,8 +1934,9 @@ impl Replica {
             self.broadcast(&env);
             if let Ok(msg) = Message::decode(env.payload.as_ref()) {
                 if let Some(Body::ViewChange(vc)) = msg.body {
-                    if let Some(info) = self.validate_view_change(self.cfg.id, &vc) {
-                        self.store_view_change(self.cfg.id, new_view, env, info);
+                    match self.validate_view_change(self.cfg.id, &vc) {
+                        Ok(info) => self.store_view_change(self.cfg.id, new_view, env, info),
+                        Err(why) => self.out.push(Action::Warning(Warning::InvalidViewChange { from: self.cfg.id, why })),
                     }
                 }
             }
@@ -1806,7 +1960,7 @@ impl Replica {
     /// matching signed checkpoints) and each prepared certificate (a
     /// pre-prepare from that view's primary plus a quorum-minus-one of
     /// matching prepares from other replicas), all signatures in one batch.
-    fn validate_view_change(&mut self, sender: ReplicaId, vc: &ViewChange) -> Option<ViewChangeInfo> {
+    fn validate_view_change(&mut self, sender: ReplicaId, vc: &ViewChange) -> Result<ViewChangeInfo, String> {
         let m = self.membership.clone();
         let q = m.quorum();
         let mut checks: Vec<(VerifyingKey, Envelope)> = vec![];
@@ -1817,39 +1971,38 @@ impl Replica {
         if vc.stable_seq > 0 {
             let mut signers = BTreeSet::new();
             for env in &vc.checkpoint_proof {
-                let msg = Message::decode(env.payload.as_ref()).ok()?;
-                let Some(Body::Checkpoint(c)) = &msg.body else { return None };
+                let msg = Message::decode(env.payload.as_ref()).map_err(|_| "checkpoint proof does not decode")?;
+                let Some(Body::Checkpoint(c)) = &msg.body else { return Err("checkpoint proof holds another message".into()) };
                 let signers_of = if msg.epoch == m.epoch() {
                     &m
                 } else {
                     // Right after an epoch switch the proof may still be the old epoch's.
-                    let t = self.transition.as_ref()?;
-                    if t.membership.epoch() != msg.epoch || t.checkpoint.seq != vc.stable_seq {
-                        return None;
+                    match self.transition.as_ref() {
+                        Some(t) if t.membership.epoch() == msg.epoch && t.checkpoint.seq == vc.stable_seq => &t.membership,
+                        _ => return Err(format!("checkpoint proof from epoch {}", msg.epoch)),
                     }
-                    &t.membership
                 };
-                if c.seq != vc.stable_seq || proof_epoch.get_or_insert(msg.epoch) != &msg.epoch {
-                    return None;
+                if c.seq != vc.stable_seq || *proof_epoch.get_or_insert(msg.epoch) != msg.epoch {
+                    return Err("checkpoint proof for another seq or mixed epochs".into());
                 }
-                let d = digest_of(&c.state_digest)?;
+                let d = digest_of(&c.state_digest).ok_or("checkpoint digest is not 32 bytes")?;
                 if *stable_digest.get_or_insert(d) != d || !signers.insert(msg.sender) {
-                    return None;
+                    return Err("checkpoint proof has differing digests or repeated signers".into());
                 }
                 proof_quorum = signers_of.quorum();
-                checks.push((*signers_of.key(msg.sender)?, env.clone()));
+                checks.push((*signers_of.key(msg.sender).ok_or("checkpoint signer is not a member")?, env.clone()));
             }
             if signers.len() < proof_quorum {
-                return None;
+                return Err(format!("checkpoint proof has {} signers, {proof_quorum} needed", signers.len()));
             }
         }
         // Prepared certificates.
         let mut prepared = vec![];
         let mut seqs = BTreeSet::new();
         for cert in &vc.prepared {
-            let pp_env = cert.pre_prepare.as_ref()?;
-            let pp_msg = Message::decode(pp_env.payload.as_ref()).ok()?;
-            let Some(Body::PrePrepare(pp)) = &pp_msg.body else { return None };
+            let pp_env = cert.pre_prepare.as_ref().ok_or("certificate without pre-prepare")?;
+            let pp_msg = Message::decode(pp_env.payload.as_ref()).map_err(|_| "certificate pre-prepare does not decode")?;
+            let Some(Body::PrePrepare(pp)) = &pp_msg.body else { return Err("certificate holds no pre-prepare".into()) };
             if pp_msg.epoch != m.epoch()
                 || pp.view >= vc.new_view
                 || pp.seq <= vc.stable_seq
@@ -1857,18 +2010,18 @@ impl Replica {
                 || pp_msg.sender != m.primary(pp.view)
                 || !seqs.insert(pp.seq)
             {
-                return None;
+                return Err(format!("certificate for seq {} view {} is out of place", pp.seq, pp.view));
             }
-            let digest = digest_of(&pp.digest)?;
-            let requests = pp.batch.as_ref().or(cert.batch.as_ref())?.requests.clone();
+            let digest = digest_of(&pp.digest).ok_or("certificate digest is not 32 bytes")?;
+            let requests = pp.batch.as_ref().or(cert.batch.as_ref()).ok_or("certificate without requests")?.requests.clone();
             if batch_digest(&requests) != digest {
-                return None;
+                return Err(format!("certificate for seq {}: requests do not match the digest", pp.seq));
             }
-            checks.push((*m.key(pp_msg.sender)?, pp_env.clone()));
+            checks.push((*m.key(pp_msg.sender).ok_or("primary is not a member")?, pp_env.clone()));
             let mut signers = BTreeSet::new();
             for p_env in &cert.prepares {
-                let msg = Message::decode(p_env.payload.as_ref()).ok()?;
-                let Some(Body::Prepare(p)) = &msg.body else { return None };
+                let msg = Message::decode(p_env.payload.as_ref()).map_err(|_| "certificate prepare does not decode")?;
+                let Some(Body::Prepare(p)) = &msg.body else { return Err("certificate holds a non-prepare".into()) };
                 if msg.epoch != m.epoch()
                     || p.view != pp.view
                     || p.seq != pp.seq
@@ -1876,12 +2029,12 @@ impl Replica {
                     || msg.sender == pp_msg.sender
                     || !signers.insert(msg.sender)
                 {
-                    return None;
+                    return Err(format!("certificate for seq {}: a prepare does not match", pp.seq));
                 }
-                checks.push((*m.key(msg.sender)?, p_env.clone()));
+                checks.push((*m.key(msg.sender).ok_or("prepare signer is not a member")?, p_env.clone()));
             }
             if signers.len() + 1 < q {
-                return None;
+                return Err(format!("certificate for seq {} has {} prepares", pp.seq, signers.len()));
             }
             prepared.push(PreparedInfo { view: pp.view, seq: pp.seq, digest, requests });
         }
@@ -1891,15 +2044,15 @@ impl Replica {
                 .map(|(k, e)| SignatureCheck { key: k, domain: MESSAGE_DOMAIN, body: &e.payload, signature: &e.signature })
                 .collect();
             if !self.verifier.verify_all(&sig_checks).into_iter().all(|x| x) {
-                return None;
+                return Err("a signature inside the view change does not verify".into());
             }
             for p in &prepared {
                 if !self.batch_is_valid(&p.requests) {
-                    return None;
+                    return Err(format!("certificate for seq {} holds an invalid request", p.seq));
                 }
             }
         }
-        Some(ViewChangeInfo {
+        Ok(ViewChangeInfo {
             sender,
             stable_seq: vc.stable_seq,
             stable_digest,
@@ -1921,7 +2074,13 @@ impl Replica {
                 return;
             }
         }
-        let Some(info) = self.validate_view_change(sender, &vc) else { return };
+        let info = match self.validate_view_change(sender, &vc) {
+            Ok(info) => info,
+            Err(why) => {
+                self.out.push(Action::Warning(Warning::InvalidViewChange { from: sender, why }));
+                return;
+            }
+        };
         self.store_view_change(sender, vc.new_view, env, info);
         // Liveness: f+1 replicas asking for views above ours means at least
         // one honest replica does; join the smallest such view.
@@ -1996,8 +2155,13 @@ impl Replica {
                     return;
                 }
             }
-            let Some(info) = self.validate_view_change(msg.sender, vc) else { return };
-            infos.push(info);
+            match self.validate_view_change(msg.sender, vc) {
+                Ok(info) => infos.push(info),
+                Err(why) => {
+                    self.out.push(Action::Warning(Warning::InvalidViewChange { from: msg.sender, why }));
+                    return;
+                }
+            }
         }
         if senders.len() < m.quorum() {
             return;
@@ -2086,8 +2250,21 @@ impl Replica {
         for s in seqs {
             self.check_slot(s);
         }
-        if primary != self.cfg.id {
-            self.arm_request_timer();
+        self.arm_request_timer();
+        // Votes that arrived before the NEW-VIEW.
+        let mut replay = vec![];
+        for (v, _, bytes, charge) in std::mem::take(&mut self.future_votes) {
+            if v > view {
+                self.future_votes.push((v, sha256(&[&bytes]), bytes, charge));
+                continue;
+            }
+            self.ledger.refund(charge);
+            if v == view {
+                replay.push(bytes);
+            }
+        }
+        if !replay.is_empty() {
+            self.on_peer_messages(replay);
         }
     }
 
@@ -2277,22 +2454,26 @@ impl Replica {
             return;
         }
         if !stuck {
+            self.idle_ticks = 0;
             return;
         }
-        let has_work = !self.pending.is_empty() || self.slots.keys().any(|s| *s > self.state.seq);
-        if has_work || self.state.seq < self.checkpoint_claims.values().copied().max().unwrap_or(0) {
-            if self.membership.primary(self.view) == self.cfg.id {
+        self.idle_ticks = self.idle_ticks.saturating_add(1);
+        // Without progress, resend our votes for every slot not yet stable
+        // (others may have lost them), backing off: ticks 1, 2, 4, ... 64, then every 64.
+        let backoff_due = self.idle_ticks.is_power_of_two() || self.idle_ticks % 64 == 0;
+        let primary = self.membership.primary(self.view) == self.cfg.id;
+        if backoff_due && !self.slots.is_empty() {
+            if primary {
                 if let Some((_, nv, _)) = self.new_view.clone() {
                     self.broadcast(&nv);
                 }
             }
             let mut resend = vec![];
-            for (seq, slot) in &self.slots {
-                if *seq <= self.state.seq {
-                    continue;
-                }
+            for slot in self.slots.values() {
                 if let Some(pp) = &slot.pre_prepare {
-                    if self.membership.primary(self.view) == self.cfg.id {
+                    if primary && Message::decode(pp.env.payload.as_ref()).ok().is_some_and(|m| {
+                        matches!(m.body, Some(Body::PrePrepare(PrePrepare { batch: Some(_), .. })))
+                    }) {
                         resend.push(pp.env.clone());
                     }
                 }
@@ -2302,6 +2483,10 @@ impl Replica {
             for env in resend {
                 self.broadcast(&env);
             }
+        }
+        // Ask the others for what we miss: they answer with state and their log.
+        let has_work = !self.pending.is_empty() || self.slots.keys().any(|s| *s > self.state.seq);
+        if has_work || self.state.seq < self.checkpoint_claims.values().copied().max().unwrap_or(0) {
             let from = self.state.seq + 1;
             self.request_state(from);
         }

@@ -712,7 +712,13 @@ impl Sim {
                         self.schedule(next, Node::Client(usize::MAX), Payload::Crash);
                     }
                 }
-                (Node::Replica(id), Payload::Peer(b)) => self.step_replica(id, Event::Peer(b)),
+                (Node::Replica(id), Payload::Peer(b)) => {
+                    if self.cfg.trace {
+                        let d = describe_message(&b);
+                        self.log(|| format!("r{id} <- {d}"));
+                    }
+                    self.step_replica(id, Event::Peer(b))
+                }
                 (Node::Replica(id), Payload::ClientRequest(b)) => self.step_replica(id, Event::Client(b)),
                 (Node::Replica(id), Payload::Timer(kind, generation)) => self.step_replica(id, Event::Timer { kind, generation }),
                 (Node::Replica(id), Payload::ByzTick) => {
@@ -757,7 +763,7 @@ impl Sim {
                 .replicas
                 .iter()
                 .map(|(id, s)| match s {
-                    Slot::Honest(r) => format!("r{id}: {r:?}"),
+                    Slot::Honest(r) => format!("r{id}: {}", r.describe_log()),
                     Slot::Byzantine(r, b) => format!("r{id}: byzantine {:?} {r:?}", b.strategy),
                     Slot::Down => format!("r{id}: down"),
                 })
@@ -795,6 +801,28 @@ impl Sim {
             trace: self.trace,
         }
     }
+}
+
+/// A short description of an encoded envelope, for traces.
+fn describe_message(b: &Bytes) -> String {
+    use crate::proto::{message::Body, Envelope, Message};
+    use prost::Message as _;
+    let Ok(env) = Envelope::decode(b.as_ref()) else { return format!("garbage ({} bytes)", b.len()) };
+    let Ok(m) = Message::decode(env.payload.as_ref()) else { return format!("undecodable payload ({} bytes)", b.len()) };
+    let d = |x: &Bytes| hex::encode(&x[..x.len().min(3)]);
+    let body = match &m.body {
+        Some(Body::PrePrepare(p)) => format!("pre-prepare v{} s{} {}{}", p.view, p.seq, d(&p.digest), if p.batch.is_some() { "" } else { " (no batch)" }),
+        Some(Body::Prepare(p)) => format!("prepare v{} s{} {}", p.view, p.seq, d(&p.digest)),
+        Some(Body::Commit(p)) => format!("commit v{} s{} {}", p.view, p.seq, d(&p.digest)),
+        Some(Body::Checkpoint(c)) => format!("checkpoint s{} {}", c.seq, d(&c.state_digest)),
+        Some(Body::ViewChange(v)) => format!("view-change to v{} stable {} prepared {}", v.new_view, v.stable_seq, v.prepared.len()),
+        Some(Body::NewView(n)) => format!("new-view v{} ({} view changes, {} pre-prepares)", n.view, n.view_changes.len(), n.pre_prepares.len()),
+        Some(Body::StateRequest(r)) => format!("state-request from s{}", r.min_seq),
+        Some(Body::StateResponse(r)) => format!("state-response ({} bytes)", r.snapshot.len()),
+        Some(Body::Reply(_)) => "reply".into(),
+        None => "empty".into(),
+    };
+    format!("e{} r{} {body}", m.epoch, m.sender)
 }
 
 /// Runs one seed.
