@@ -129,7 +129,8 @@ fn main() {
 }
 EOF
   if ! cmp -s "$src.new" "$src" 2>/dev/null; then mv "$src.new" "$src"; else rm -f "$src.new"; fi
-  if ! command -v rustc >/dev/null; then log "ldd-selftest: SKIPPED (no rustc on PATH)"; return; fi
+  command -v rustc >/dev/null || [[ ! -x "${HOME:-/root}/.cargo/bin/rustc" ]] || PATH="${HOME:-/root}/.cargo/bin:$PATH"
+  if ! command -v rustc >/dev/null; then log "ldd-selftest: SKIPPED (no rustc on PATH or in ~/.cargo/bin)"; return; fi
   if [[ ! -x "$bin" || "$src" -nt "$bin" ]]; then rustc -O -o "$bin" "$src"; fi
   ldd "$bin" | grep -c 'libc.so' >/dev/null || die "ldd-selftest: expected a dynamically linked binary"
   pack_binary "$SELFTEST_IMAGE" "$bin" /usr/local/bin/ldd-selftest
