@@ -18,6 +18,7 @@ source "$HERE/versions.env"
 log() { printf '[build-binaries %(%H:%M:%S)T] %s\n' -1 "$*"; }
 die() { printf '[build-binaries] ERROR: %s\n' "$*" >&2; exit 1; }
 
+command -v go >/dev/null || [[ ! -x /usr/local/go/bin/go ]] || export PATH="/usr/local/go/bin:$PATH"
 export GOMODCACHE="$PBFT_CACHE/go/mod"
 export GOCACHE="$PBFT_CACHE/go/build"
 export GOTOOLCHAIN=local        # never try to download another Go toolchain
@@ -62,7 +63,10 @@ finish() {
   log "$name: built in ${secs}s -> $dest"
 }
 
+need_go() { command -v go >/dev/null || die "Go toolchain not found (needed to build; Go 1.24+, e.g. /usr/local/go/bin)"; }
+
 gomod_path() { # module@version -> path of its go.mod in the module cache
+  need_go
   go mod download -json "$1" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("GoMod") or sys.exit(d.get("Error","no GoMod")))'
 }
 
@@ -126,6 +130,7 @@ import (
 
 func main() { etcdmain.Main(os.Args) }
 EOF
+  need_go
   local tmp="$ETCD_BIN.tmp"; rm -rf "$tmp"; mkdir -p "$tmp"
   log "etcd $ETCD_VERSION: go build"
   (cd "$w" && go mod tidy && go build -trimpath \
@@ -139,6 +144,7 @@ go_install() {
   local name="$1" dest="$2" modver="$3" ld="$4" bin="$5"
   if all_present "$dest" "$bin"; then log "$name: cached in $dest"; return; fi
   local start; start=$(date +%s)
+  need_go
   local tmp="$dest.tmp"; rm -rf "$tmp"; mkdir -p "$tmp"
   log "$name: go install $modver"
   GOBIN="$tmp" go install -trimpath -ldflags "-s -w $ld" "$modver"
