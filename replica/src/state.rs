@@ -194,7 +194,12 @@ impl ReplicatedState {
 
     /// Approximate bytes held by the state (keys, values, client table).
     pub fn bytes(&self) -> usize {
-        self.kv.bytes() + self.clients.iter().map(|(c, r)| c.len() + 64 + r.result.value.as_ref().map_or(0, |v| v.len())).sum::<usize>()
+        self.kv.bytes()
+            + self
+                .clients
+                .iter()
+                .map(|(c, r)| c.len() + 64 + r.result.value.as_ref().map_or(0, |v| v.len()))
+                .sum::<usize>()
     }
 }
 
@@ -221,9 +226,11 @@ mod tests {
         assert_eq!(kv.apply(&op(Kind::Get(Get { key: b("a") }))).status, Status::NotFound as i32);
         kv.apply(&op(Kind::Put(Put { key: b("a"), value: b("1") })));
         assert_eq!(kv.apply(&op(Kind::Get(Get { key: b("a") }))).value, Some(b("1")));
-        let miss = kv.apply(&op(Kind::Cas(CompareAndSwap { key: b("a"), expected: Some(b("0")), new_value: Some(b("2")) })));
+        let miss =
+            kv.apply(&op(Kind::Cas(CompareAndSwap { key: b("a"), expected: Some(b("0")), new_value: Some(b("2")) })));
         assert_eq!((miss.status, miss.value), (Status::CasMismatch as i32, Some(b("1"))));
-        let hit = kv.apply(&op(Kind::Cas(CompareAndSwap { key: b("a"), expected: Some(b("1")), new_value: Some(b("2")) })));
+        let hit =
+            kv.apply(&op(Kind::Cas(CompareAndSwap { key: b("a"), expected: Some(b("1")), new_value: Some(b("2")) })));
         assert_eq!(hit.status, Status::Ok as i32);
         let create = kv.apply(&op(Kind::Cas(CompareAndSwap { key: b("n"), expected: None, new_value: Some(b("x")) })));
         assert_eq!(create.status, Status::Ok as i32);

@@ -78,7 +78,8 @@ impl ClientCore {
         let body = RequestBody { client: self.id(), timestamp: self.last_timestamp, operation: Some(operation) };
         let signed = self.key.sign_request(body.encode_to_vec());
         let request: Bytes = signed.encode_to_vec().into();
-        self.outstanding = Some(Outstanding { timestamp: self.last_timestamp, request: request.clone(), replies: BTreeMap::new() });
+        self.outstanding =
+            Some(Outstanding { timestamp: self.last_timestamp, request: request.clone(), replies: BTreeMap::new() });
         request
     }
 

@@ -45,9 +45,10 @@ pub fn vote_of(msg: &Message) -> Option<(VoteSlot, Vec<u8>)> {
         Body::Prepare(p) => Some((slot(Kind::ConflictingPrepare, p.view, p.seq), p.digest.to_vec())),
         Body::Commit(c) => Some((slot(Kind::ConflictingCommit, c.view, c.seq), c.digest.to_vec())),
         Body::Checkpoint(c) => Some((slot(Kind::ConflictingCheckpoint, 0, c.seq), c.state_digest.to_vec())),
-        Body::ViewChange(v) => {
-            Some((slot(Kind::ConflictingViewChange, v.new_view, 0), crate::crypto::sha256(&[&v.encode_to_vec()]).to_vec()))
-        }
+        Body::ViewChange(v) => Some((
+            slot(Kind::ConflictingViewChange, v.new_view, 0),
+            crate::crypto::sha256(&[&v.encode_to_vec()]).to_vec(),
+        )),
         _ => None,
     }
 }
@@ -109,7 +110,13 @@ mod tests {
         let k2 = key(2);
         let a = k2.seal(&prepare(2, 3, 10, 1));
         let b = k2.seal(&prepare(2, 3, 10, 2));
-        let good = Evidence { kind: Kind::ConflictingPrepare as i32, offender: 2, epoch: 1, first: Some(a.clone()), second: Some(b.clone()) };
+        let good = Evidence {
+            kind: Kind::ConflictingPrepare as i32,
+            offender: 2,
+            epoch: 1,
+            first: Some(a.clone()),
+            second: Some(b.clone()),
+        };
         assert_eq!(verify_evidence(&good, &m), Ok(()));
 
         // Same digest twice: no conflict.
@@ -119,7 +126,11 @@ mod tests {
         let other_seq = Evidence { second: Some(k2.seal(&prepare(2, 3, 11, 2))), ..good.clone() };
         assert!(verify_evidence(&other_seq, &m).is_err());
         // Prepare vs commit for the same slot: not the same vote.
-        let commit = Message { epoch: 1, sender: 2, body: Some(Body::Commit(Commit { view: 3, seq: 10, digest: Bytes::from(vec![2; 32]) })) };
+        let commit = Message {
+            epoch: 1,
+            sender: 2,
+            body: Some(Body::Commit(Commit { view: 3, seq: 10, digest: Bytes::from(vec![2; 32]) })),
+        };
         let mixed = Evidence { second: Some(k2.seal(&commit)), ..good.clone() };
         assert!(verify_evidence(&mixed, &m).is_err());
         // A Byzantine replica 3 forges messages "from" honest replica 1 with its own key.

@@ -31,8 +31,14 @@ pub enum Category {
 
 impl Category {
     /// All categories.
-    pub const ALL: [Category; 6] =
-        [Category::Log, Category::Certificates, Category::Pending, Category::ViewChange, Category::Checkpoint, Category::Evidence];
+    pub const ALL: [Category; 6] = [
+        Category::Log,
+        Category::Certificates,
+        Category::Pending,
+        Category::ViewChange,
+        Category::Checkpoint,
+        Category::Evidence,
+    ];
 
     fn index(self) -> usize {
         self as usize

@@ -36,9 +36,9 @@ use crate::crypto::{
 };
 use crate::membership::{Membership, ReplicaId};
 use crate::proto::{
-    message::Body, operation::Kind as OpKind, Batch, Checkpoint, Commit, Envelope, Evidence, Message,
-    MembershipConfig, NewView, OpResult, PrePrepare, Prepare, PreparedCertificate, Reply, RequestBody,
-    SignedRequest, StateRequest, StateResponse, ViewChange,
+    message::Body, operation::Kind as OpKind, Batch, Checkpoint, Commit, Envelope, Evidence, MembershipConfig, Message,
+    NewView, OpResult, PrePrepare, Prepare, PreparedCertificate, Reply, RequestBody, SignedRequest, StateRequest,
+    StateResponse, ViewChange,
 };
 use crate::state::{rejected, snapshot_digest, ClientRecord, ReplicatedState};
 use evidence::{make_evidence, vote_of, VoteSlot};
@@ -167,7 +167,8 @@ impl Config {
         if self.watermark_window == 0 || self.watermark_window % self.checkpoint_interval != 0 {
             return Err(ConfigError::Window { window: self.watermark_window, interval: self.checkpoint_interval });
         }
-        if self.max_batch_requests == 0 || self.max_batch_bytes < self.max_request_bytes || self.max_request_bytes < 256 {
+        if self.max_batch_requests == 0 || self.max_batch_bytes < self.max_request_bytes || self.max_request_bytes < 256
+        {
             return Err(ConfigError::Batch { batch: self.max_batch_bytes, request: self.max_request_bytes });
         }
         let per_peer = self.caps.log / membership.n();
@@ -605,9 +606,17 @@ impl Replica {
                 if *seq <= r.stable.seq || r.certificates.get(seq).is_some_and(|c| c.view >= *view) {
                     continue;
                 }
-                let size = env_size(pre_prepare) + requests.iter().map(|x| x.len()).sum::<usize>() + prepares.iter().map(env_size).sum::<usize>();
+                let size = env_size(pre_prepare)
+                    + requests.iter().map(|x| x.len()).sum::<usize>()
+                    + prepares.iter().map(env_size).sum::<usize>();
                 if let Some(charge) = r.ledger.charge(Category::Certificates, None, size) {
-                    let cert = Certificate { view: *view, requests: requests.clone(), pre_prepare: pre_prepare.clone(), prepares: prepares.clone(), charge };
+                    let cert = Certificate {
+                        view: *view,
+                        requests: requests.clone(),
+                        pre_prepare: pre_prepare.clone(),
+                        prepares: prepares.clone(),
+                        charge,
+                    };
                     if let Some(old) = r.certificates.insert(*seq, cert) {
                         r.ledger.refund(old.charge);
                     }
@@ -732,7 +741,11 @@ impl Replica {
         let mut parts = vec![];
         for (seq, slot) in self.slots.range(self.state.seq + 1..).take(6) {
             let d = slot.pre_prepare.as_ref().map(|p| p.digest);
-            let prep = slot.prepares.values().filter(|m| Some(m.digest.as_slice()) == d.as_ref().map(|x| x.as_slice())).count();
+            let prep = slot
+                .prepares
+                .values()
+                .filter(|m| Some(m.digest.as_slice()) == d.as_ref().map(|x| x.as_slice()))
+                .count();
             let com: Vec<String> = slot
                 .commits
                 .iter()
@@ -770,7 +783,12 @@ impl Replica {
             .values()
             .map(|s| {
                 s.pre_prepare.iter().filter_map(|p| p.charge).map(|c| c.bytes).sum::<usize>()
-                    + s.prepares.values().chain(s.commits.values()).filter_map(|m| m.charge).map(|c| c.bytes).sum::<usize>()
+                    + s.prepares
+                        .values()
+                        .chain(s.commits.values())
+                        .filter_map(|m| m.charge)
+                        .map(|c| c.bytes)
+                        .sum::<usize>()
             })
             .sum();
         let certs: usize = self.certificates.values().map(|c| c.charge.bytes).sum();
@@ -914,10 +932,11 @@ impl Replica {
                 .find(|(s, slot)| **s > self.state.seq && slot.pre_prepare.is_some())
                 .map(|(s, _)| Watch::Seq(*s))
         };
+        // A pending membership change must reach its boundary checkpoint even
+        // when no client is waiting.
         let boundary = || {
-            let k = self.cfg.checkpoint_interval;
-            (self.state.next_membership.is_some() && self.state.seq % k == 0 && self.state.seq > self.stable.seq)
-                .then_some(Watch::Stable(self.state.seq))
+            let b = self.state.seq.div_ceil(self.cfg.checkpoint_interval) * self.cfg.checkpoint_interval;
+            (self.state.next_membership.is_some() && b > self.stable.seq).then_some(Watch::Stable(b))
         };
         match request.or_else(seq).or_else(boundary) {
             Some(w) => {
@@ -1016,7 +1035,11 @@ impl Replica {
             return;
         }
         let Ok(client_key) = parse_public_key(&body.client) else {
-            self.reject(body.client, body.timestamp, Rejection::Malformed("client key is not a valid ed25519 key".into()));
+            self.reject(
+                body.client,
+                body.timestamp,
+                Rejection::Malformed("client key is not a valid ed25519 key".into()),
+            );
             return;
         };
         let ok = self.verifier.verify_all(&[SignatureCheck {
@@ -1031,11 +1054,19 @@ impl Replica {
         }
         let per_client = self.pending_by_client.get(&body.client).map_or(0, |m| m.len());
         if per_client >= self.cfg.max_pending_per_client {
-            self.reject(body.client, body.timestamp, Rejection::ResourceExhausted { retry_after_ms: self.cfg.retransmit_interval_ms });
+            self.reject(
+                body.client,
+                body.timestamp,
+                Rejection::ResourceExhausted { retry_after_ms: self.cfg.retransmit_interval_ms },
+            );
             return;
         }
         let Some(charge) = self.ledger.charge(Category::Pending, None, bytes.len() + body.client.len()) else {
-            self.reject(body.client, body.timestamp, Rejection::ResourceExhausted { retry_after_ms: self.cfg.retransmit_interval_ms });
+            self.reject(
+                body.client,
+                body.timestamp,
+                Rejection::ResourceExhausted { retry_after_ms: self.cfg.retransmit_interval_ms },
+            );
             return;
         };
         self.pending_by_client.entry(body.client.clone()).or_default().insert(body.timestamp, digest);
@@ -1074,7 +1105,9 @@ impl Replica {
                 Some(b) => limit.min(b),
                 None => limit,
             };
-            if self.next_seq > limit || self.next_seq > self.state.seq.max(self.stable.seq) + self.cfg.max_inflight_batches {
+            if self.next_seq > limit
+                || self.next_seq > self.state.seq.max(self.stable.seq) + self.cfg.max_inflight_batches
+            {
                 return;
             }
             let mut requests = vec![];
@@ -1100,7 +1133,8 @@ impl Replica {
             }
             // A pending membership change takes effect at the next checkpoint:
             // fill the way there with null batches when clients are idle.
-            let pad = self.state.next_membership.is_some() && self.membership_boundary.is_some_and(|b| self.next_seq <= b);
+            let pad =
+                self.state.next_membership.is_some() && self.membership_boundary.is_some_and(|b| self.next_seq <= b);
             if requests.is_empty() && !pad {
                 return;
             }
@@ -1155,7 +1189,12 @@ impl Replica {
         }
         let checks: Vec<SignatureCheck> = candidates
             .iter()
-            .map(|c| SignatureCheck { key: &c.key, domain: MESSAGE_DOMAIN, body: &c.env.payload, signature: &c.env.signature })
+            .map(|c| SignatureCheck {
+                key: &c.key,
+                domain: MESSAGE_DOMAIN,
+                body: &c.env.payload,
+                signature: &c.env.signature,
+            })
             .collect();
         let ok = self.verifier.verify_all(&checks);
         drop(checks);
@@ -1230,7 +1269,10 @@ impl Replica {
         }
         let fresh = match msg.body.as_ref()? {
             Body::PrePrepare(p) => {
-                in_window(p.seq) && p.view == self.view && self.active && self.is_new_vote(&msg, &env, p.seq, |s| s.pre_prepare.as_ref().map(|x| &x.env))
+                in_window(p.seq)
+                    && p.view == self.view
+                    && self.active
+                    && self.is_new_vote(&msg, &env, p.seq, |s| s.pre_prepare.as_ref().map(|x| &x.env))
             }
             Body::Prepare(p) => {
                 in_window(p.seq)
@@ -1345,7 +1387,12 @@ impl Replica {
         }
         let checks: Vec<SignatureCheck> = decoded
             .iter()
-            .map(|(req, key)| SignatureCheck { key, domain: REQUEST_DOMAIN, body: &req.body, signature: &req.signature })
+            .map(|(req, key)| SignatureCheck {
+                key,
+                domain: REQUEST_DOMAIN,
+                body: &req.body,
+                signature: &req.signature,
+            })
             .collect();
         self.verifier.verify_all(&checks).into_iter().all(|x| x)
     }
@@ -1355,7 +1402,8 @@ impl Replica {
             return;
         }
         let Some(digest) = digest_of(&p.digest) else { return };
-        let vote = VoteSlot { kind: crate::proto::evidence::Kind::EquivocatingPrePrepare as i32, view: p.view, seq: p.seq };
+        let vote =
+            VoteSlot { kind: crate::proto::evidence::Kind::EquivocatingPrePrepare as i32, view: p.view, seq: p.seq };
         if let Some(existing) = self.slots.get(&p.seq).and_then(|s| s.pre_prepare.as_ref()) {
             if existing.digest != digest {
                 let first = existing.env.clone();
@@ -1414,7 +1462,8 @@ impl Replica {
         }
         let kind = if commit { Kind::ConflictingCommit } else { Kind::ConflictingPrepare };
         let vote = VoteSlot { kind: kind as i32, view, seq };
-        let existing = self.slots.get(&seq).and_then(|s| if commit { s.commits.get(&sender) } else { s.prepares.get(&sender) });
+        let existing =
+            self.slots.get(&seq).and_then(|s| if commit { s.commits.get(&sender) } else { s.prepares.get(&sender) });
         if let Some(existing) = existing {
             if existing.digest != digest {
                 let first = existing.env.clone();
@@ -1456,7 +1505,8 @@ impl Replica {
         let digest = pp.digest;
         // Backups send a prepare for an accepted pre-prepare.
         if me != primary && !slot.sent_prepare {
-            if let Some(env) = self.sign(Body::Prepare(Prepare { view, seq, digest: Bytes::copy_from_slice(&digest) })) {
+            if let Some(env) = self.sign(Body::Prepare(Prepare { view, seq, digest: Bytes::copy_from_slice(&digest) }))
+            {
                 self.broadcast(&env);
                 let charge = self.ledger.charge(Category::Log, Some(me), env_size(&env));
                 let slot = self.slots.get_mut(&seq).expect("slot exists");
@@ -1468,7 +1518,8 @@ impl Replica {
         }
         let slot = self.slots.get(&seq).expect("slot exists");
         if !slot.prepared {
-            let matching = slot.prepares.iter().filter(|(r, m)| **r != primary && m.digest.as_slice() == digest).count();
+            let matching =
+                slot.prepares.iter().filter(|(r, m)| **r != primary && m.digest.as_slice() == digest).count();
             if matching + 1 >= q {
                 self.on_prepared(seq);
             } else {
@@ -1514,7 +1565,9 @@ impl Replica {
         // A certificate carries the full pre-prepare (with its batch).
         let pre_prepare = pp.env.clone();
         let requests = pp.requests.clone();
-        let size = env_size(&pre_prepare) + requests.iter().map(|r| r.len()).sum::<usize>() + prepares.iter().map(env_size).sum::<usize>();
+        let size = env_size(&pre_prepare)
+            + requests.iter().map(|r| r.len()).sum::<usize>()
+            + prepares.iter().map(env_size).sum::<usize>();
         if self.certificates.get(&seq).is_some_and(|c| c.view >= self.view) {
             return;
         }
@@ -1529,7 +1582,9 @@ impl Replica {
             requests: requests.clone(),
             prepares: prepares.clone(),
         }));
-        if let Some(old) = self.certificates.insert(seq, Certificate { view: self.view, requests, pre_prepare, prepares, charge }) {
+        if let Some(old) =
+            self.certificates.insert(seq, Certificate { view: self.view, requests, pre_prepare, prepares, charge })
+        {
             self.ledger.refund(old.charge);
         }
     }
@@ -1584,12 +1639,19 @@ impl Replica {
                 continue; // executed before: exactly once
             }
             let result = self.execute_request(seq, &body);
-            self.state.clients.insert(body.client.clone(), ClientRecord { timestamp: body.timestamp, result: result.clone() });
+            self.state
+                .clients
+                .insert(body.client.clone(), ClientRecord { timestamp: body.timestamp, result: result.clone() });
             if live {
                 let envelope = self.reply_envelope(&body.client, body.timestamp, result.clone());
                 self.out.push(Action::Reply { client: body.client.clone(), timestamp: body.timestamp, envelope });
             }
-            executed.push(ExecutedRequest { client: body.client, timestamp: body.timestamp, operation: body.operation, result });
+            executed.push(ExecutedRequest {
+                client: body.client,
+                timestamp: body.timestamp,
+                operation: body.operation,
+                result,
+            });
         }
         self.state.seq = seq;
         self.out.push(Action::Executed { seq, view, digest, requests: executed });
@@ -1651,7 +1713,9 @@ impl Replica {
         if !live {
             return;
         }
-        if let Some(env) = self.sign(Body::Checkpoint(Checkpoint { seq, state_digest: Bytes::copy_from_slice(&digest) })) {
+        if let Some(env) =
+            self.sign(Body::Checkpoint(Checkpoint { seq, state_digest: Bytes::copy_from_slice(&digest) }))
+        {
             self.broadcast(&env);
             self.store_checkpoint_vote(self.cfg.id, seq, env, digest.to_vec());
         }
@@ -1677,7 +1741,8 @@ impl Replica {
         if let Some(existing) = self.checkpoint_votes.get(&c.seq).and_then(|m| m.get(&sender)) {
             if existing.digest.as_slice() != c.state_digest.as_ref() {
                 let first = existing.env.clone();
-                let slot = VoteSlot { kind: crate::proto::evidence::Kind::ConflictingCheckpoint as i32, view: 0, seq: c.seq };
+                let slot =
+                    VoteSlot { kind: crate::proto::evidence::Kind::ConflictingCheckpoint as i32, view: 0, seq: c.seq };
                 self.record_evidence(slot, sender, first, env);
             }
             return;
@@ -1729,14 +1794,22 @@ impl Replica {
         let seq = self.stable.seq;
         let q = self.membership.quorum();
         let Some(votes) = self.checkpoint_votes.get(&seq) else { return };
-        let proof: Vec<Envelope> =
-            votes.values().filter(|v| v.digest.as_slice() == self.stable.digest).map(|v| v.env.clone()).take(q).collect();
+        let proof: Vec<Envelope> = votes
+            .values()
+            .filter(|v| v.digest.as_slice() == self.stable.digest)
+            .map(|v| v.env.clone())
+            .take(q)
+            .collect();
         if proof.len() < q {
             return;
         }
         self.stable.proof = proof.clone();
         self.stable.epoch = self.membership.epoch();
-        self.out.push(Action::Persist(PersistRecord::Checkpoint { seq, snapshot: self.stable.snapshot.clone(), proof }));
+        self.out.push(Action::Persist(PersistRecord::Checkpoint {
+            seq,
+            snapshot: self.stable.snapshot.clone(),
+            proof,
+        }));
         if let Some(votes) = self.checkpoint_votes.remove(&seq) {
             for v in votes.into_values() {
                 if let Some(c) = v.charge {
@@ -1807,9 +1880,7 @@ impl Replica {
         let view = self.view;
         let window = self.cfg.view_window;
         let epoch = self.membership.epoch();
-        self.signed.retain(|(e, s), _| {
-            *e == epoch && (if s.seq == 0 { s.view + window >= view } else { s.seq > h })
-        });
+        self.signed.retain(|(e, s), _| *e == epoch && (if s.seq == 0 { s.view + window >= view } else { s.seq > h }));
     }
 
     /// Puts an accepted pre-prepare into its slot and indexes its requests.
@@ -1850,7 +1921,8 @@ impl Replica {
             .and_then(|m| m.get(&self.cfg.id))
             .map(|v| v.env.clone())
             .or_else(|| self.stable.proof.iter().find(|e| open_sender(e) == Some(self.cfg.id)).cloned());
-        self.transition = Some(Transition { membership: old, checkpoint: self.stable.clone(), own_vote, ticks_left: 64 });
+        self.transition =
+            Some(Transition { membership: old, checkpoint: self.stable.clone(), own_vote, ticks_left: 64 });
         // Everything above the boundary was signed in the old epoch: drop it.
         for (_, slot) in std::mem::take(&mut self.slots) {
             self.refund_slot(slot);
@@ -1891,7 +1963,9 @@ impl Replica {
         // members can verify a state transfer with the keys they know.
         let seq = self.stable.seq;
         let digest = self.stable.digest;
-        if let Some(env) = self.sign(Body::Checkpoint(Checkpoint { seq, state_digest: Bytes::copy_from_slice(&digest) })) {
+        if let Some(env) =
+            self.sign(Body::Checkpoint(Checkpoint { seq, state_digest: Bytes::copy_from_slice(&digest) }))
+        {
             self.broadcast(&env);
             self.store_checkpoint_vote(self.cfg.id, seq, env, digest.to_vec());
         }
@@ -1936,7 +2010,9 @@ impl Replica {
                 if let Some(Body::ViewChange(vc)) = msg.body {
                     match self.validate_view_change(self.cfg.id, &vc) {
                         Ok(info) => self.store_view_change(self.cfg.id, new_view, env, info),
-                        Err(why) => self.out.push(Action::Warning(Warning::InvalidViewChange { from: self.cfg.id, why })),
+                        Err(why) => {
+                            self.out.push(Action::Warning(Warning::InvalidViewChange { from: self.cfg.id, why }))
+                        }
                     }
                 }
             }
@@ -1972,13 +2048,17 @@ impl Replica {
             let mut signers = BTreeSet::new();
             for env in &vc.checkpoint_proof {
                 let msg = Message::decode(env.payload.as_ref()).map_err(|_| "checkpoint proof does not decode")?;
-                let Some(Body::Checkpoint(c)) = &msg.body else { return Err("checkpoint proof holds another message".into()) };
+                let Some(Body::Checkpoint(c)) = &msg.body else {
+                    return Err("checkpoint proof holds another message".into());
+                };
                 let signers_of = if msg.epoch == m.epoch() {
                     &m
                 } else {
                     // Right after an epoch switch the proof may still be the old epoch's.
                     match self.transition.as_ref() {
-                        Some(t) if t.membership.epoch() == msg.epoch && t.checkpoint.seq == vc.stable_seq => &t.membership,
+                        Some(t) if t.membership.epoch() == msg.epoch && t.checkpoint.seq == vc.stable_seq => {
+                            &t.membership
+                        }
                         _ => return Err(format!("checkpoint proof from epoch {}", msg.epoch)),
                     }
                 };
@@ -2001,8 +2081,11 @@ impl Replica {
         let mut seqs = BTreeSet::new();
         for cert in &vc.prepared {
             let pp_env = cert.pre_prepare.as_ref().ok_or("certificate without pre-prepare")?;
-            let pp_msg = Message::decode(pp_env.payload.as_ref()).map_err(|_| "certificate pre-prepare does not decode")?;
-            let Some(Body::PrePrepare(pp)) = &pp_msg.body else { return Err("certificate holds no pre-prepare".into()) };
+            let pp_msg =
+                Message::decode(pp_env.payload.as_ref()).map_err(|_| "certificate pre-prepare does not decode")?;
+            let Some(Body::PrePrepare(pp)) = &pp_msg.body else {
+                return Err("certificate holds no pre-prepare".into());
+            };
             if pp_msg.epoch != m.epoch()
                 || pp.view >= vc.new_view
                 || pp.seq <= vc.stable_seq
@@ -2013,7 +2096,8 @@ impl Replica {
                 return Err(format!("certificate for seq {} view {} is out of place", pp.seq, pp.view));
             }
             let digest = digest_of(&pp.digest).ok_or("certificate digest is not 32 bytes")?;
-            let requests = pp.batch.as_ref().or(cert.batch.as_ref()).ok_or("certificate without requests")?.requests.clone();
+            let requests =
+                pp.batch.as_ref().or(cert.batch.as_ref()).ok_or("certificate without requests")?.requests.clone();
             if batch_digest(&requests) != digest {
                 return Err(format!("certificate for seq {}: requests do not match the digest", pp.seq));
             }
@@ -2041,7 +2125,12 @@ impl Replica {
         if sender != self.cfg.id {
             let sig_checks: Vec<SignatureCheck> = checks
                 .iter()
-                .map(|(k, e)| SignatureCheck { key: k, domain: MESSAGE_DOMAIN, body: &e.payload, signature: &e.signature })
+                .map(|(k, e)| SignatureCheck {
+                    key: k,
+                    domain: MESSAGE_DOMAIN,
+                    body: &e.payload,
+                    signature: &e.signature,
+                })
                 .collect();
             if !self.verifier.verify_all(&sig_checks).into_iter().all(|x| x) {
                 return Err("a signature inside the view change does not verify".into());
@@ -2084,8 +2173,12 @@ impl Replica {
         self.store_view_change(sender, vc.new_view, env, info);
         // Liveness: f+1 replicas asking for views above ours means at least
         // one honest replica does; join the smallest such view.
-        let above: Vec<u64> =
-            self.view_changes.iter().filter(|(r, v)| **r != self.cfg.id && v.view > self.view).map(|(_, v)| v.view).collect();
+        let above: Vec<u64> = self
+            .view_changes
+            .iter()
+            .filter(|(r, v)| **r != self.cfg.id && v.view > self.view)
+            .map(|(_, v)| v.view)
+            .collect();
         if above.len() >= self.membership.weak_quorum() {
             let target = *above.iter().min().expect("non-empty");
             self.start_view_change(target);
@@ -2103,12 +2196,8 @@ impl Replica {
             return;
         }
         let view = self.view;
-        let vcs: Vec<(Envelope, ViewChangeInfo)> = self
-            .view_changes
-            .values()
-            .filter(|v| v.view == view)
-            .map(|v| (v.env.clone(), v.info.clone()))
-            .collect();
+        let vcs: Vec<(Envelope, ViewChangeInfo)> =
+            self.view_changes.values().filter(|v| v.view == view).map(|v| (v.env.clone(), v.info.clone())).collect();
         if vcs.len() < self.membership.quorum() {
             return;
         }
@@ -2117,13 +2206,22 @@ impl Replica {
         let plan = plan_new_view(&infos);
         let mut pre_prepares = vec![];
         for s in &plan.slots {
-            let body = Body::PrePrepare(PrePrepare { view, seq: s.seq, digest: Bytes::copy_from_slice(&s.digest), batch: None });
+            let body = Body::PrePrepare(PrePrepare {
+                view,
+                seq: s.seq,
+                digest: Bytes::copy_from_slice(&s.digest),
+                batch: None,
+            });
             match self.sign(body) {
                 Some(env) => pre_prepares.push(env),
                 None => return,
             }
         }
-        let nv = NewView { view, view_changes: vcs.into_iter().map(|(e, _)| e).collect(), pre_prepares: pre_prepares.clone() };
+        let nv = NewView {
+            view,
+            view_changes: vcs.into_iter().map(|(e, _)| e).collect(),
+            pre_prepares: pre_prepares.clone(),
+        };
         let Some(env) = self.sign(Body::NewView(nv)) else { return };
         self.broadcast(&env);
         self.install_new_view(view, env, plan, pre_prepares);
@@ -2176,7 +2274,12 @@ impl Replica {
         for (s, pp_env) in plan.slots.iter().zip(&nv.pre_prepares) {
             let Ok(msg) = Message::decode(pp_env.payload.as_ref()) else { return };
             let Some(Body::PrePrepare(pp)) = &msg.body else { return };
-            if msg.sender != sender || msg.epoch != m.epoch() || pp.view != nv.view || pp.seq != s.seq || pp.digest.as_ref() != s.digest {
+            if msg.sender != sender
+                || msg.epoch != m.epoch()
+                || pp.view != nv.view
+                || pp.seq != s.seq
+                || pp.digest.as_ref() != s.digest
+            {
                 return;
             }
             checks.push(pp_env);
@@ -2223,7 +2326,13 @@ impl Replica {
                 (Some(own), Some(d)) if own.digest == d => {
                     let snapshot = own.snapshot.clone();
                     let epoch = self.membership.epoch();
-                    self.make_stable(StableCheckpoint { seq: plan.min_s, epoch, digest: d, snapshot, proof: plan.checkpoint_proof.clone() });
+                    self.make_stable(StableCheckpoint {
+                        seq: plan.min_s,
+                        epoch,
+                        digest: d,
+                        snapshot,
+                        proof: plan.checkpoint_proof.clone(),
+                    });
                 }
                 _ => {
                     if self.state.seq < plan.min_s {
@@ -2297,7 +2406,10 @@ impl Replica {
             // A laggard from the previous epoch: bring it to the boundary.
             if let Some(t) = &self.transition {
                 if t.checkpoint.seq >= req.min_seq {
-                    let resp = StateResponse { snapshot: t.checkpoint.snapshot.clone(), checkpoint_proof: t.checkpoint.proof.clone() };
+                    let resp = StateResponse {
+                        snapshot: t.checkpoint.snapshot.clone(),
+                        checkpoint_proof: t.checkpoint.proof.clone(),
+                    };
                     if let Some(env) = self.sign(Body::StateResponse(resp)) {
                         self.send(sender, &env);
                     }
@@ -2306,7 +2418,8 @@ impl Replica {
             return;
         }
         if self.stable.seq >= req.min_seq && self.stable.seq > 0 && !self.stable.proof.is_empty() {
-            let resp = StateResponse { snapshot: self.stable.snapshot.clone(), checkpoint_proof: self.stable.proof.clone() };
+            let resp =
+                StateResponse { snapshot: self.stable.snapshot.clone(), checkpoint_proof: self.stable.proof.clone() };
             if let Some(env) = self.sign(Body::StateResponse(resp)) {
                 self.send(sender, &env);
             }
@@ -2318,7 +2431,11 @@ impl Replica {
         }
         for (_, slot) in self.slots.range(req.min_seq.max(self.stable.seq + 1)..) {
             if let Some(pp) = &slot.pre_prepare {
-                if Message::decode(pp.env.payload.as_ref()).ok().and_then(|m| m.body).is_some_and(|b| matches!(b, Body::PrePrepare(PrePrepare { batch: Some(_), .. }))) {
+                if Message::decode(pp.env.payload.as_ref())
+                    .ok()
+                    .and_then(|m| m.body)
+                    .is_some_and(|b| matches!(b, Body::PrePrepare(PrePrepare { batch: Some(_), .. })))
+                {
                     relay.push(pp.env.clone());
                 }
             }
@@ -2408,7 +2525,10 @@ impl Replica {
             self.ledger.set_members(self.membership.n());
         }
         self.state = state;
-        let epoch = proof.first().and_then(|e| Message::decode(e.payload.as_ref()).ok()).map_or(self.membership.epoch(), |m| m.epoch);
+        let epoch = proof
+            .first()
+            .and_then(|e| Message::decode(e.payload.as_ref()).ok())
+            .map_or(self.membership.epoch(), |m| m.epoch);
         self.stable = StableCheckpoint { seq, epoch, digest, snapshot, proof };
         self.own_checkpoints.clear();
         self.collect_garbage();
@@ -2471,9 +2591,11 @@ impl Replica {
             let mut resend = vec![];
             for slot in self.slots.values() {
                 if let Some(pp) = &slot.pre_prepare {
-                    if primary && Message::decode(pp.env.payload.as_ref()).ok().is_some_and(|m| {
-                        matches!(m.body, Some(Body::PrePrepare(PrePrepare { batch: Some(_), .. })))
-                    }) {
+                    if primary
+                        && Message::decode(pp.env.payload.as_ref()).ok().is_some_and(|m| {
+                            matches!(m.body, Some(Body::PrePrepare(PrePrepare { batch: Some(_), .. })))
+                        })
+                    {
                         resend.push(pp.env.clone());
                     }
                 }

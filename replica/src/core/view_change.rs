@@ -17,7 +17,8 @@ pub fn batch_digest(requests: &[Bytes]) -> Digest {
     for r in requests {
         parts.push(sha256(&[r]));
     }
-    let refs: Vec<&[u8]> = std::iter::once(b"pbft/batch/v1".as_slice()).chain(parts.iter().map(|d| d.as_slice())).collect();
+    let refs: Vec<&[u8]> =
+        std::iter::once(b"pbft/batch/v1".as_slice()).chain(parts.iter().map(|d| d.as_slice())).collect();
     sha256(&refs)
 }
 

@@ -120,22 +120,25 @@ impl Byzantine {
                     let mut reqs = p.batch.as_ref().map(|b| b.requests.clone()).unwrap_or_default();
                     reqs.pop();
                     let digest = crate::core::view_change::batch_digest(&reqs);
-                    Some(self.reseal(&msg, Body::PrePrepare(PrePrepare {
-                        view: p.view,
-                        seq: p.seq,
-                        digest: Bytes::copy_from_slice(&digest),
-                        batch: Some(Batch { requests: reqs }),
-                    })))
+                    Some(self.reseal(
+                        &msg,
+                        Body::PrePrepare(PrePrepare {
+                            view: p.view,
+                            seq: p.seq,
+                            digest: Bytes::copy_from_slice(&digest),
+                            batch: Some(Batch { requests: reqs }),
+                        }),
+                    ))
                 }
-                (Strategy::ConflictingVotes, Some(Body::Prepare(p))) => {
-                    Some(self.reseal(&msg, Body::Prepare(Prepare { view: p.view, seq: p.seq, digest: random_digest(rng) })))
-                }
-                (Strategy::ConflictingVotes, Some(Body::Commit(c))) => {
-                    Some(self.reseal(&msg, Body::Commit(Commit { view: c.view, seq: c.seq, digest: random_digest(rng) })))
-                }
-                (Strategy::LyingCheckpoints, Some(Body::Checkpoint(c))) => {
-                    Some(self.reseal(&msg, Body::Checkpoint(Checkpoint { seq: c.seq, state_digest: random_digest(rng) })))
-                }
+                (Strategy::ConflictingVotes, Some(Body::Prepare(p))) => Some(
+                    self.reseal(&msg, Body::Prepare(Prepare { view: p.view, seq: p.seq, digest: random_digest(rng) })),
+                ),
+                (Strategy::ConflictingVotes, Some(Body::Commit(c))) => Some(
+                    self.reseal(&msg, Body::Commit(Commit { view: c.view, seq: c.seq, digest: random_digest(rng) })),
+                ),
+                (Strategy::LyingCheckpoints, Some(Body::Checkpoint(c))) => Some(
+                    self.reseal(&msg, Body::Checkpoint(Checkpoint { seq: c.seq, state_digest: random_digest(rng) })),
+                ),
                 _ => None,
             };
             let _ = env;
@@ -150,7 +153,16 @@ impl Byzantine {
     }
 
     /// Attacks it makes on its own schedule.
-    pub fn tick(&mut self, peers: &[ReplicaId], honest: &[ReplicaId], epoch: u64, view: u64, stable: u64, max_message: usize, rng: &mut ChaCha8Rng) -> Vec<ByzOut> {
+    pub fn tick(
+        &mut self,
+        peers: &[ReplicaId],
+        honest: &[ReplicaId],
+        epoch: u64,
+        view: u64,
+        stable: u64,
+        max_message: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<ByzOut> {
         let mut out = vec![];
         let pick = |rng: &mut ChaCha8Rng| peers[rng.gen_range(0..peers.len())];
         match self.strategy {
@@ -172,14 +184,21 @@ impl Byzantine {
                             digest: random_digest(rng),
                             batch: Some(Batch { requests: vec![] }),
                         }),
-                        1 => Body::Prepare(Prepare { view: view + rng.gen_range(1..u64::MAX / 4), seq: stable + 1, digest: random_digest(rng) }),
+                        1 => Body::Prepare(Prepare {
+                            view: view + rng.gen_range(1..u64::MAX / 4),
+                            seq: stable + 1,
+                            digest: random_digest(rng),
+                        }),
                         2 => Body::ViewChange(ViewChange {
                             new_view: view + rng.gen_range(1_000..u64::MAX / 4),
                             stable_seq: 0,
                             checkpoint_proof: vec![],
                             prepared: vec![],
                         }),
-                        3 => Body::Checkpoint(Checkpoint { seq: stable + rng.gen_range(1..1_000_000) * 8, state_digest: random_digest(rng) }),
+                        3 => Body::Checkpoint(Checkpoint {
+                            seq: stable + rng.gen_range(1..1_000_000) * 8,
+                            state_digest: random_digest(rng),
+                        }),
                         _ => Body::StateRequest(StateRequest { min_seq: 0 }),
                     };
                     let msg = Message { epoch, sender: self.id, body: Some(body) };
@@ -193,11 +212,19 @@ impl Byzantine {
                         new_view: view + 1,
                         stable_seq: stable,
                         checkpoint_proof: vec![],
-                        prepared: vec![crate::proto::PreparedCertificate { pre_prepare: None, prepares: vec![], batch: None }],
+                        prepared: vec![crate::proto::PreparedCertificate {
+                            pre_prepare: None,
+                            prepares: vec![],
+                            batch: None,
+                        }],
                     })),
                 };
                 out.push(ByzOut::To(pick(rng), self.key.seal(&bogus).encode_to_vec().into()));
-                let nv = Message { epoch, sender: self.id, body: Some(Body::NewView(NewView { view: view + 1, view_changes: vec![], pre_prepares: vec![] })) };
+                let nv = Message {
+                    epoch,
+                    sender: self.id,
+                    body: Some(Body::NewView(NewView { view: view + 1, view_changes: vec![], pre_prepares: vec![] })),
+                };
                 out.push(ByzOut::To(pick(rng), self.key.seal(&nv).encode_to_vec().into()));
             }
             Strategy::Garbage => {
@@ -210,9 +237,16 @@ impl Byzantine {
                 out.push(ByzOut::To(pick(rng), huge.clone().into()));
                 out.push(ByzOut::ClientTo(pick(rng), huge.into()));
                 // A valid envelope around an undecodable payload, and one with a short signature.
-                let env = Envelope { payload: Bytes::from_static(&[0xff, 0xff, 0x01]), signature: Bytes::from(vec![0u8; 64]) };
+                let env = Envelope {
+                    payload: Bytes::from_static(&[0xff, 0xff, 0x01]),
+                    signature: Bytes::from(vec![0u8; 64]),
+                };
                 out.push(ByzOut::To(pick(rng), env.encode_to_vec().into()));
-                let msg = Message { epoch, sender: self.id, body: Some(Body::Prepare(Prepare { view, seq: stable + 1, digest: Bytes::from_static(&[1, 2]) })) };
+                let msg = Message {
+                    epoch,
+                    sender: self.id,
+                    body: Some(Body::Prepare(Prepare { view, seq: stable + 1, digest: Bytes::from_static(&[1, 2]) })),
+                };
                 let mut env = self.key.seal(&msg);
                 env.signature = Bytes::from_static(&[7; 10]);
                 out.push(ByzOut::To(pick(rng), env.encode_to_vec().into()));
@@ -231,32 +265,64 @@ impl Byzantine {
                 let d1 = random_digest(rng);
                 let d2 = random_digest(rng);
                 let seq = stable + 1;
-                let a = self.key.seal(&Message { epoch, sender: victim, body: Some(Body::Prepare(Prepare { view, seq, digest: d1 })) });
-                let b = self.key.seal(&Message { epoch, sender: victim, body: Some(Body::Prepare(Prepare { view, seq, digest: d2 })) });
+                let a = self.key.seal(&Message {
+                    epoch,
+                    sender: victim,
+                    body: Some(Body::Prepare(Prepare { view, seq, digest: d1 })),
+                });
+                let b = self.key.seal(&Message {
+                    epoch,
+                    sender: victim,
+                    body: Some(Body::Prepare(Prepare { view, seq, digest: d2 })),
+                });
                 for t in peers {
                     out.push(ByzOut::To(*t, a.encode_to_vec().into()));
                     out.push(ByzOut::To(*t, b.encode_to_vec().into()));
                 }
                 out.push(ByzOut::ForgedEvidence {
                     against: victim,
-                    evidence: Evidence { kind: EvKind::ConflictingPrepare as i32, offender: victim, epoch, first: Some(a), second: Some(b) },
+                    evidence: Evidence {
+                        kind: EvKind::ConflictingPrepare as i32,
+                        offender: victim,
+                        epoch,
+                        first: Some(a),
+                        second: Some(b),
+                    },
                 });
                 // Two real messages of the victim that do not conflict, passed off as a conflict.
-                let theirs: Vec<&Envelope> = self.honest_votes.iter().filter(|(s, _)| *s == victim).map(|(_, e)| e).collect();
+                let theirs: Vec<&Envelope> =
+                    self.honest_votes.iter().filter(|(s, _)| *s == victim).map(|(_, e)| e).collect();
                 if theirs.len() >= 2 {
                     let i = rng.gen_range(0..theirs.len());
                     let j = (i + 1 + rng.gen_range(0..theirs.len() - 1)) % theirs.len();
                     let (x, y) = (theirs[i].clone(), theirs[j].clone());
-                    for kind in [EvKind::ConflictingPrepare, EvKind::ConflictingCommit, EvKind::EquivocatingPrePrepare, EvKind::ConflictingCheckpoint] {
+                    for kind in [
+                        EvKind::ConflictingPrepare,
+                        EvKind::ConflictingCommit,
+                        EvKind::EquivocatingPrePrepare,
+                        EvKind::ConflictingCheckpoint,
+                    ] {
                         out.push(ByzOut::ForgedEvidence {
                             against: victim,
-                            evidence: Evidence { kind: kind as i32, offender: victim, epoch, first: Some(x.clone()), second: Some(y.clone()) },
+                            evidence: Evidence {
+                                kind: kind as i32,
+                                offender: victim,
+                                epoch,
+                                first: Some(x.clone()),
+                                second: Some(y.clone()),
+                            },
                         });
                     }
                     // The same message twice.
                     out.push(ByzOut::ForgedEvidence {
                         against: victim,
-                        evidence: Evidence { kind: EvKind::ConflictingPrepare as i32, offender: victim, epoch, first: Some(x.clone()), second: Some(x) },
+                        evidence: Evidence {
+                            kind: EvKind::ConflictingPrepare as i32,
+                            offender: victim,
+                            epoch,
+                            first: Some(x.clone()),
+                            second: Some(x),
+                        },
                     });
                 }
             }

@@ -83,7 +83,9 @@ impl Checker {
     pub fn on_stable(&mut self, replica: ReplicaId, epoch: u64, seq: u64, digest: Digest) {
         if let Some(d) = self.stable.insert((epoch, seq), digest) {
             if d != digest {
-                self.violation(format!("checkpoint agreement: replica {replica} has another stable digest at seq {seq}"));
+                self.violation(format!(
+                    "checkpoint agreement: replica {replica} has another stable digest at seq {seq}"
+                ));
             }
         }
     }
@@ -105,7 +107,13 @@ impl Checker {
     }
 
     /// Evidence from an honest replica, already checked by the harness.
-    pub fn on_evidence_result(&mut self, reporter: ReplicaId, offender: ReplicaId, valid: Result<(), String>, offender_byzantine: bool) {
+    pub fn on_evidence_result(
+        &mut self,
+        reporter: ReplicaId,
+        offender: ReplicaId,
+        valid: Result<(), String>,
+        offender_byzantine: bool,
+    ) {
         if let Err(e) = valid {
             self.violation(format!("evidence: replica {reporter} reported evidence that does not verify: {e}"));
         }
@@ -265,7 +273,13 @@ mod tests {
         let mut c = Checker::default();
         c.on_executed(0, 1, [1; 32], &[exec(1, 1, put("a", "1"), ok(None))]);
         c.on_executed(0, 2, [2; 32], &[exec(2, 1, get("a"), ok(Some(Bytes::from("1"))))]);
-        c.history.push(ClientOp { client: Bytes::from(vec![2; 32]), timestamp: 1, operation: get("a"), invoked_at: 5, completed: Some((9, status(Status::NotFound, None))) });
+        c.history.push(ClientOp {
+            client: Bytes::from(vec![2; 32]),
+            timestamp: 1,
+            operation: get("a"),
+            invoked_at: 5,
+            completed: Some((9, status(Status::NotFound, None))),
+        });
         c.finish();
         assert!(c.violations.iter().any(|v| v.contains("accepted")), "{:?}", c.violations);
     }
@@ -277,8 +291,20 @@ mod tests {
         // but ordered before it.
         c.on_executed(0, 1, [1; 32], &[exec(1, 1, put("a", "1"), ok(None))]);
         c.on_executed(0, 2, [2; 32], &[exec(2, 1, put("a", "2"), ok(None))]);
-        c.history.push(ClientOp { client: Bytes::from(vec![1; 32]), timestamp: 1, operation: put("a", "1"), invoked_at: 20, completed: Some((30, ok(None))) });
-        c.history.push(ClientOp { client: Bytes::from(vec![2; 32]), timestamp: 1, operation: put("a", "2"), invoked_at: 1, completed: Some((10, ok(None))) });
+        c.history.push(ClientOp {
+            client: Bytes::from(vec![1; 32]),
+            timestamp: 1,
+            operation: put("a", "1"),
+            invoked_at: 20,
+            completed: Some((30, ok(None))),
+        });
+        c.history.push(ClientOp {
+            client: Bytes::from(vec![2; 32]),
+            timestamp: 1,
+            operation: put("a", "2"),
+            invoked_at: 1,
+            completed: Some((10, ok(None))),
+        });
         c.finish();
         assert!(c.violations.iter().any(|v| v.contains("before it was invoked")), "{:?}", c.violations);
     }
@@ -296,10 +322,27 @@ mod tests {
     #[test]
     fn a_correct_history_passes() {
         let mut c = Checker::default();
-        c.on_executed(0, 1, [1; 32], &[exec(1, 1, put("a", "1"), ok(None)), exec(2, 1, get("a"), ok(Some(Bytes::from("1"))))]);
+        c.on_executed(
+            0,
+            1,
+            [1; 32],
+            &[exec(1, 1, put("a", "1"), ok(None)), exec(2, 1, get("a"), ok(Some(Bytes::from("1"))))],
+        );
         c.on_executed(3, 1, [1; 32], &[]);
-        c.history.push(ClientOp { client: Bytes::from(vec![1; 32]), timestamp: 1, operation: put("a", "1"), invoked_at: 0, completed: Some((10, ok(None))) });
-        c.history.push(ClientOp { client: Bytes::from(vec![2; 32]), timestamp: 1, operation: get("a"), invoked_at: 2, completed: Some((12, ok(Some(Bytes::from("1"))))) });
+        c.history.push(ClientOp {
+            client: Bytes::from(vec![1; 32]),
+            timestamp: 1,
+            operation: put("a", "1"),
+            invoked_at: 0,
+            completed: Some((10, ok(None))),
+        });
+        c.history.push(ClientOp {
+            client: Bytes::from(vec![2; 32]),
+            timestamp: 1,
+            operation: get("a"),
+            invoked_at: 2,
+            completed: Some((12, ok(Some(Bytes::from("1"))))),
+        });
         c.finish();
         assert!(c.violations.is_empty(), "{:?}", c.violations);
     }

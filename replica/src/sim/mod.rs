@@ -27,8 +27,7 @@ use crate::core::{Action, Config, Event, PersistRecord, Replica, TimerKind};
 use crate::crypto::{Keypair, MemoVerifier};
 use crate::membership::{Membership, ReplicaId};
 use crate::proto::{
-    operation::Kind as OpKind, CompareAndSwap, Delete, Get, Member, MembershipChange, MembershipConfig, Operation,
-    Put,
+    operation::Kind as OpKind, CompareAndSwap, Delete, Get, Member, MembershipChange, MembershipConfig, Operation, Put,
 };
 use byzantine::{ByzOut, Byzantine, Strategy};
 use checker::{Checker, ClientOp};
@@ -66,7 +65,12 @@ pub fn fault_mix(seed: u64, f: usize, rng: &mut ChaCha8Rng) -> FaultMix {
         byzantine: vec![],
         tight_budget: false,
     };
-    let lossy = FaultMix { drop_permille: rng.gen_range(10..150), duplicate_permille: rng.gen_range(0..100), max_jitter_ms: rng.gen_range(10..300), ..base.clone() };
+    let lossy = FaultMix {
+        drop_permille: rng.gen_range(10..150),
+        duplicate_permille: rng.gen_range(0..100),
+        max_jitter_ms: rng.gen_range(10..300),
+        ..base.clone()
+    };
     let one_strategy = Strategy::ALL[rng.gen_range(0..Strategy::ALL.len())];
     let strategies: Vec<Strategy> = (0..f).map(|_| Strategy::ALL[rng.gen_range(0..Strategy::ALL.len())]).collect();
     match seed % 10 {
@@ -75,11 +79,25 @@ pub fn fault_mix(seed: u64, f: usize, rng: &mut ChaCha8Rng) -> FaultMix {
         2 => FaultMix { name: "partitions", partitions: true, ..lossy },
         3 => FaultMix { name: "crashes", crashes: true, ..lossy },
         4 => FaultMix { name: "byzantine", byzantine: vec![one_strategy; f], ..lossy },
-        5 => FaultMix { name: "byzantine+crashes+partitions", byzantine: vec![one_strategy; f], crashes: true, partitions: true, ..lossy },
+        5 => FaultMix {
+            name: "byzantine+crashes+partitions",
+            byzantine: vec![one_strategy; f],
+            crashes: true,
+            partitions: true,
+            ..lossy
+        },
         6 => FaultMix { name: "replacement", replacements: true, ..lossy },
         7 => FaultMix { name: "mixed-byzantine", byzantine: strategies, partitions: true, ..lossy },
         8 => FaultMix { name: "byzantine+tight-budget", byzantine: vec![one_strategy; f], tight_budget: true, ..lossy },
-        _ => FaultMix { name: "everything", byzantine: strategies, crashes: true, partitions: true, replacements: true, tight_budget: true, ..lossy },
+        _ => FaultMix {
+            name: "everything",
+            byzantine: strategies,
+            crashes: true,
+            partitions: true,
+            replacements: true,
+            tight_budget: true,
+            ..lossy
+        },
     }
 }
 
@@ -240,7 +258,11 @@ impl Sim {
             epoch: 1,
             members: keys
                 .iter()
-                .map(|(id, k)| Member { id: *id, public_key: Bytes::copy_from_slice(&k.public_bytes()), address: format!("replica-{id}") })
+                .map(|(id, k)| Member {
+                    id: *id,
+                    public_key: Bytes::copy_from_slice(&k.public_bytes()),
+                    address: format!("replica-{id}"),
+                })
                 .collect(),
             admin_key: Bytes::copy_from_slice(&admin_key.public_bytes()),
         })
@@ -405,7 +427,8 @@ impl Sim {
             let epoch = r.membership().epoch();
             let _ = epoch;
             // Timers still drive the inner core.
-            let timers: Vec<Action> = actions.iter().filter(|a| matches!(a, Action::SetTimer { .. })).cloned().collect();
+            let timers: Vec<Action> =
+                actions.iter().filter(|a| matches!(a, Action::SetTimer { .. })).cloned().collect();
             let outs = byz.corrupt(actions, &peers, &mut self.rng);
             for t in timers {
                 if let Action::SetTimer { kind, generation, after_ms } = t {
@@ -417,7 +440,9 @@ impl Sim {
         }
         for a in actions {
             match a {
-                Action::Send { to, envelope } => self.deliver(Node::Replica(id), Node::Replica(to), Payload::Peer(envelope)),
+                Action::Send { to, envelope } => {
+                    self.deliver(Node::Replica(id), Node::Replica(to), Payload::Peer(envelope))
+                }
                 Action::Broadcast { envelope } => {
                     for p in self.peers_of(id) {
                         self.deliver(Node::Replica(id), Node::Replica(p), Payload::Peer(envelope.clone()));
@@ -456,7 +481,9 @@ impl Sim {
                     self.log(|| format!("r{id} EVIDENCE kind {} against r{} ({valid:?})", e.kind, e.offender));
                     self.checker.on_evidence_result(id, e.offender, valid, byz);
                 }
-                Action::NewView { view, primary } => self.log(|| format!("r{id} entered view {view} (primary r{primary})")),
+                Action::NewView { view, primary } => {
+                    self.log(|| format!("r{id} entered view {view} (primary r{primary})"))
+                }
                 Action::ViewChangeStarted { view } => self.log(|| format!("r{id} starts view change to {view}")),
                 Action::MembershipChanged { epoch } => {
                     let m = self.replica(id).map(|r| r.membership().clone());
@@ -564,10 +591,17 @@ impl Sim {
         let members: Vec<Member> = current
             .members()
             .iter()
-            .map(|m| if m.id == id { Member { public_key: Bytes::copy_from_slice(&new_key.public_bytes()), ..m.clone() } } else { m.clone() })
+            .map(|m| {
+                if m.id == id {
+                    Member { public_key: Bytes::copy_from_slice(&new_key.public_bytes()), ..m.clone() }
+                } else {
+                    m.clone()
+                }
+            })
             .collect();
         self.keys.insert(id, new_key);
-        let op = Operation { kind: Some(OpKind::Membership(MembershipChange { from_epoch: current.epoch(), members })) };
+        let op =
+            Operation { kind: Some(OpKind::Membership(MembershipChange { from_epoch: current.epoch(), members })) };
         let admin = self.add_client(self.admin_key.clone(), 0, true);
         let req = self.clients[admin].core.submit(op.clone());
         self.record_invocation(admin, op);
@@ -601,7 +635,11 @@ impl Sim {
             4..=6 => OpKind::Get(Get { key }),
             7 => OpKind::Delete(Delete { key }),
             _ => {
-                let expected = if self.rng.gen_bool(0.5) { None } else { Some(Bytes::from(format!("v{}", self.rng.gen_range(0..1000)))) };
+                let expected = if self.rng.gen_bool(0.5) {
+                    None
+                } else {
+                    Some(Bytes::from(format!("v{}", self.rng.gen_range(0..1000))))
+                };
                 OpKind::Cas(CompareAndSwap { key, expected, new_value: Some(value) })
             }
         };
@@ -720,12 +758,15 @@ impl Sim {
                     self.step_replica(id, Event::Peer(b))
                 }
                 (Node::Replica(id), Payload::ClientRequest(b)) => self.step_replica(id, Event::Client(b)),
-                (Node::Replica(id), Payload::Timer(kind, generation)) => self.step_replica(id, Event::Timer { kind, generation }),
+                (Node::Replica(id), Payload::Timer(kind, generation)) => {
+                    self.step_replica(id, Event::Timer { kind, generation })
+                }
                 (Node::Replica(id), Payload::ByzTick) => {
                     let peers = self.peers_of(id);
                     let honest: Vec<ReplicaId> = peers.iter().copied().filter(|p| self.is_honest(*p)).collect();
                     if let Some(Slot::Byzantine(r, byz)) = self.replicas.get_mut(&id) {
-                        let (epoch, view, stable, max) = (r.membership().epoch(), r.view(), r.stable_checkpoint(), r.config().max_message_bytes);
+                        let (epoch, view, stable, max) =
+                            (r.membership().epoch(), r.view(), r.stable_checkpoint(), r.config().max_message_bytes);
                         let outs = byz.tick(&peers, &honest, epoch, view, stable, max, &mut self.rng);
                         self.apply_byzantine(id, outs);
                         self.schedule(100, Node::Replica(id), Payload::ByzTick);
@@ -757,7 +798,13 @@ impl Sim {
                 .iter()
                 .enumerate()
                 .filter(|(_, c)| c.ops_left > 0 || c.core.outstanding().is_some())
-                .map(|(i, c)| format!("client {i} ({} left{})", c.ops_left + c.core.outstanding().is_some() as usize, if c.admin { ", admin" } else { "" }))
+                .map(|(i, c)| {
+                    format!(
+                        "client {i} ({} left{})",
+                        c.ops_left + c.core.outstanding().is_some() as usize,
+                        if c.admin { ", admin" } else { "" }
+                    )
+                })
                 .collect();
             let status: Vec<String> = self
                 .replicas
@@ -808,15 +855,30 @@ fn describe_message(b: &Bytes) -> String {
     use crate::proto::{message::Body, Envelope, Message};
     use prost::Message as _;
     let Ok(env) = Envelope::decode(b.as_ref()) else { return format!("garbage ({} bytes)", b.len()) };
-    let Ok(m) = Message::decode(env.payload.as_ref()) else { return format!("undecodable payload ({} bytes)", b.len()) };
+    let Ok(m) = Message::decode(env.payload.as_ref()) else {
+        return format!("undecodable payload ({} bytes)", b.len());
+    };
     let d = |x: &Bytes| hex::encode(&x[..x.len().min(3)]);
     let body = match &m.body {
-        Some(Body::PrePrepare(p)) => format!("pre-prepare v{} s{} {}{}", p.view, p.seq, d(&p.digest), if p.batch.is_some() { "" } else { " (no batch)" }),
+        Some(Body::PrePrepare(p)) => format!(
+            "pre-prepare v{} s{} {}{}",
+            p.view,
+            p.seq,
+            d(&p.digest),
+            if p.batch.is_some() { "" } else { " (no batch)" }
+        ),
         Some(Body::Prepare(p)) => format!("prepare v{} s{} {}", p.view, p.seq, d(&p.digest)),
         Some(Body::Commit(p)) => format!("commit v{} s{} {}", p.view, p.seq, d(&p.digest)),
         Some(Body::Checkpoint(c)) => format!("checkpoint s{} {}", c.seq, d(&c.state_digest)),
-        Some(Body::ViewChange(v)) => format!("view-change to v{} stable {} prepared {}", v.new_view, v.stable_seq, v.prepared.len()),
-        Some(Body::NewView(n)) => format!("new-view v{} ({} view changes, {} pre-prepares)", n.view, n.view_changes.len(), n.pre_prepares.len()),
+        Some(Body::ViewChange(v)) => {
+            format!("view-change to v{} stable {} prepared {}", v.new_view, v.stable_seq, v.prepared.len())
+        }
+        Some(Body::NewView(n)) => format!(
+            "new-view v{} ({} view changes, {} pre-prepares)",
+            n.view,
+            n.view_changes.len(),
+            n.pre_prepares.len()
+        ),
         Some(Body::StateRequest(r)) => format!("state-request from s{}", r.min_seq),
         Some(Body::StateResponse(r)) => format!("state-response ({} bytes)", r.snapshot.len()),
         Some(Body::Reply(_)) => "reply".into(),
@@ -842,7 +904,10 @@ mod tests {
     fn same_seed_same_run() {
         let a = run(cfg(4, 7));
         let b = run(cfg(4, 7));
-        assert_eq!((a.executed_seqs, a.completed_ops, a.virtual_ms, a.evidence), (b.executed_seqs, b.completed_ops, b.virtual_ms, b.evidence));
+        assert_eq!(
+            (a.executed_seqs, a.completed_ops, a.virtual_ms, a.evidence),
+            (b.executed_seqs, b.completed_ops, b.virtual_ms, b.evidence)
+        );
     }
 
     #[test]
