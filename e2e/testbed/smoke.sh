@@ -254,10 +254,12 @@ if [[ "$got" == *"ldd-selftest ok"* ]]; then pass ldd-packed-image "$got"; else 
 
 # ---------------------------------------------------------------- hermetic rules (test bed only)
 if [[ -f "$S/node-ip" && "$KUBECONFIG" == "$KUBECONFIG_PATH" ]]; then
-  rule=$(iptables -w -S "$HERMETIC_CHAIN" 2>/dev/null | grep -- "-i $BRIDGE ! -o $BRIDGE" | grep -- '-j DROP' || true)
-  first=$(iptables -w -S FORWARD 2>/dev/null | sed -n 2p)
-  if [[ -n "$rule" && "$first" == "-A FORWARD -j $HERMETIC_CHAIN" ]]; then pass hermetic-forward-drop "$first; $rule"
-  else fail hermetic-forward-drop "rule='$rule' first FORWARD rule='$first'"; fi
+  for table in filter mangle; do
+    rule=$(iptables -w -t "$table" -S "$HERMETIC_CHAIN" 2>/dev/null | grep -- "-i $BRIDGE ! -o $BRIDGE" | grep -- '-j DROP' || true)
+    first=$(iptables -w -t "$table" -S FORWARD 2>/dev/null | sed -n 2p)
+    if [[ -n "$rule" && "$first" == "-A FORWARD -j $HERMETIC_CHAIN" ]]; then pass "hermetic-forward-drop-$table" "$first; $rule"
+    else fail "hermetic-forward-drop-$table" "rule='$rule' first FORWARD rule='$first'"; fi
+  done
   r1=$(ip route show "$SERVICE_CIDR" | one_line); r2=$(ip route show "$CLUSTER_CIDR" | one_line)
   if [[ "$r1" == *"dev $SINK_IF"* && "$r2" == *"dev $SINK_IF"* ]]; then pass hermetic-sink-routes "$SERVICE_CIDR: $r1; $CLUSTER_CIDR: $r2"
   else fail hermetic-sink-routes "service: '$r1' pods: '$r2'"; fi
@@ -280,9 +282,10 @@ if [[ -f "$S/node-ip" && "$KUBECONFIG" == "$KUBECONFIG_PATH" ]]; then
   ip link set "${PEER_IF}b" netns "$PEER_NS"
   ip addr add 198.18.255.1/30 dev "${PEER_IF}a"; ip link set "${PEER_IF}a" up
   ip -n "$PEER_NS" addr add 198.18.255.2/30 dev "${PEER_IF}b"; ip -n "$PEER_NS" link set "${PEER_IF}b" up
-  before=$(iptables -w -L "$HERMETIC_CHAIN" -v -x -n | awk '$3 == "DROP" {print $1}')
+  drops() { iptables -w -t mangle -L "$HERMETIC_CHAIN" -v -x -n | awk '$3 == "DROP" {print $1}'; }
+  before=$(drops)
   inpod "nc -w 1 198.18.255.2 9 </dev/null" >/dev/null || true
-  after=$(iptables -w -L "$HERMETIC_CHAIN" -v -x -n | awk '$3 == "DROP" {print $1}')
+  after=$(drops)
   ip link del "${PEER_IF}a" 2>/dev/null || true; ip netns del "$PEER_NS" 2>/dev/null || true
   if ((after > before)); then pass hermetic-egress-dropped "pod -> test host 198.18.255.2 (other interface) dropped in FORWARD (drops $before -> $after)"
   else fail hermetic-egress-dropped "drop counter did not move ($before -> $after)"; fi

@@ -83,12 +83,17 @@ ip link set "$SINK_IF" up
 for cidr in "$SERVICE_CIDR" "$CLUSTER_CIDR"; do
   ip route replace "$cidr" dev "$SINK_IF"
 done
-# 2) Nothing from the pod bridge may be forwarded to any other interface.
-iptables -w -N "$HERMETIC_CHAIN" 2>/dev/null || true
-iptables -w -C "$HERMETIC_CHAIN" -i "$BRIDGE" ! -o "$BRIDGE" -m comment --comment "pbft-testbed: pods never leave the node" -j DROP 2>/dev/null \
-  || iptables -w -A "$HERMETIC_CHAIN" -i "$BRIDGE" ! -o "$BRIDGE" -m comment --comment "pbft-testbed: pods never leave the node" -j DROP
-iptables -w -C FORWARD -j "$HERMETIC_CHAIN" 2>/dev/null || iptables -w -I FORWARD 1 -j "$HERMETIC_CHAIN"
-log "hermetic: $SERVICE_CIDR and $CLUSTER_CIDR -> $SINK_IF; FORWARD -i $BRIDGE ! -o $BRIDGE DROP"
+# 2) Nothing from the pod bridge may be forwarded to any other interface: the same DROP
+#    in the filter table (first FORWARD rule; kept first after kube-proxy adds its jumps,
+#    below) and in the mangle table, which runs before filter and which neither
+#    kube-proxy nor the kubelet touches, so no ordering race can open a gap.
+for table in mangle filter; do
+  iptables -w -t "$table" -N "$HERMETIC_CHAIN" 2>/dev/null || true
+  iptables -w -t "$table" -C "$HERMETIC_CHAIN" -i "$BRIDGE" ! -o "$BRIDGE" -m comment --comment "pbft-testbed: pods never leave the node" -j DROP 2>/dev/null \
+    || iptables -w -t "$table" -A "$HERMETIC_CHAIN" -i "$BRIDGE" ! -o "$BRIDGE" -m comment --comment "pbft-testbed: pods never leave the node" -j DROP
+  iptables -w -t "$table" -C FORWARD -j "$HERMETIC_CHAIN" 2>/dev/null || iptables -w -t "$table" -I FORWARD 1 -j "$HERMETIC_CHAIN"
+done
+log "hermetic: $SERVICE_CIDR and $CLUSTER_CIDR -> $SINK_IF; FORWARD (mangle, filter) -i $BRIDGE ! -o $BRIDGE DROP"
 
 # ---------------------------------------------------------------- certificates
 # mkcert NAME CN [O] [SANS]: key + cert signed by the test bed CA (kept when present)
@@ -345,6 +350,10 @@ ensure_hermetic_first() {
   log "hermetic: $HERMETIC_CHAIN moved back to the top of FORWARD"
 }
 wait_for "kube-proxy synced" 60 curl -fsS http://127.0.0.1:10256/healthz || die "kube-proxy not healthy: see $LOGS/kube-proxy.log"
+# its first sync prepends four FORWARD jumps (KUBE-PROXY-FIREWALL, KUBE-FORWARD,
+# KUBE-SERVICES, KUBE-EXTERNAL-SERVICES); later syncs only check they exist
+kube_proxy_forward_jumps() { (( $(iptables -w -S FORWARD | grep -c -- ' -j KUBE-') >= 4 )); }
+wait_for "kube-proxy FORWARD rules" 60 kube_proxy_forward_jumps || die "kube-proxy did not install its FORWARD rules: see $LOGS/kube-proxy.log"
 ensure_hermetic_first
 
 # ---------------------------------------------------------------- addons
