@@ -156,8 +156,10 @@ spec:
     - name: hog
       image: $BUSYBOX_IMAGE
       imagePullPolicy: IfNotPresent
-      # dd fills a 128 MiB buffer: past the 32 MiB limit, the kernel's memcg OOM killer ends it
-      command: ["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"]
+      # dd fills a 128 MiB buffer: past the 32 MiB limit, the kernel's memcg OOM killer ends
+      # it. It waits 2 s first: an OOM in the container's first instants can come before
+      # containerd 1.6 watches the cgroup's OOM events, and the kill then reads "Error".
+      command: ["sh", "-c", "sleep 2; exec dd if=/dev/zero of=/dev/null bs=128M count=1"]
       resources:
         requests: {memory: 32Mi}
         limits: {memory: 32Mi}
