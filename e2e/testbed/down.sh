@@ -5,6 +5,7 @@
 # changed sysctls, host paths the daemons created, and the state directory.
 # Safe to run when nothing is up, or after a crashed up.
 set -euo pipefail
+# shellcheck disable=SC2034  # read by lib.sh
 LOG_TAG=down
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 [[ $EUID -eq 0 ]] || die "must run as root"

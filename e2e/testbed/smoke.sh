@@ -8,6 +8,7 @@
 # Each check prints PASS/FAIL with what it saw; exits non-zero on any failure; the
 # namespace it creates is deleted on exit (PBFT_SMOKE_KEEP=1 keeps it for debugging).
 set -euo pipefail
+# shellcheck disable=SC2034  # read by lib.sh
 LOG_TAG=smoke
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 

@@ -9,6 +9,7 @@
 # pki/, logs/, run/*.pid, etcd/, containerd/, kubelet/, cni/, local-path/.
 # Undo with e2e/testbed/down.sh.
 set -euo pipefail
+# shellcheck disable=SC2034  # read by lib.sh
 LOG_TAG=up
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
