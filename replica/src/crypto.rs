@@ -183,15 +183,22 @@ impl SignatureVerifier for Ed25519Verifier {
 }
 
 /// A memoising verifier for the simulator: byte-identical checks are verified
-/// once with real ed25519 and then answered from a bounded cache.
-#[derive(Default)]
+/// once with real ed25519 and then answered from a bounded cache, which the
+/// replicas of one simulated run share (a broadcast is verified once, not
+/// once per receiver).
+#[derive(Clone, Default)]
 pub struct MemoVerifier {
-    cache: HashMap<Digest, bool>,
+    cache: std::sync::Arc<std::sync::Mutex<HashMap<Digest, bool>>>,
     count: u64,
 }
 
 impl MemoVerifier {
     const MAX_ENTRIES: usize = 200_000;
+
+    /// A verifier sharing this one's cache (its own count starts at zero).
+    pub fn sharing(&self) -> MemoVerifier {
+        MemoVerifier { cache: self.cache.clone(), count: 0 }
+    }
 }
 
 impl SignatureVerifier for MemoVerifier {
@@ -200,15 +207,17 @@ impl SignatureVerifier for MemoVerifier {
             .iter()
             .map(|c| {
                 let key = sha256(&[c.key.as_bytes(), c.domain, c.signature, c.body]);
-                if let Some(ok) = self.cache.get(&key) {
-                    return *ok;
+                if let Some(ok) = self.cache.lock().map(|m| m.get(&key).copied()).unwrap_or(None) {
+                    return ok;
                 }
                 self.count += 1;
                 let ok = verify(c.key, c.domain, c.body, c.signature).is_ok();
-                if self.cache.len() >= Self::MAX_ENTRIES {
-                    self.cache.clear();
+                if let Ok(mut m) = self.cache.lock() {
+                    if m.len() >= Self::MAX_ENTRIES {
+                        m.clear();
+                    }
+                    m.insert(key, ok);
                 }
-                self.cache.insert(key, ok);
                 ok
             })
             .collect()

@@ -106,6 +106,9 @@ impl ClientCore {
         if reply.timestamp != o.timestamp || reply.client.as_ref() != self.key.public_bytes() {
             return Err(ReplyError::NotOutstanding);
         }
+        if o.replies.contains_key(&msg.sender) {
+            return Ok(None); // this replica already answered (verified); a resend adds nothing
+        }
         verify(key, MESSAGE_DOMAIN, &env.payload, &env.signature).map_err(|_| ReplyError::BadSignature)?;
         let result = reply.result.unwrap_or_default();
         o.replies.insert(msg.sender, (result.clone(), reply.view));

@@ -436,6 +436,10 @@ pub struct Replica {
     view: u64,
     active: bool,
     retired: bool,
+    /// A new member without state: it neither proposes nor votes until a
+    /// state transfer brings it the current checkpoint.
+    catching_up: bool,
+    last_state_request: Option<(u64, u64, Envelope)>,
     // ----- log
     stable: StableCheckpoint,
     slots: BTreeMap<u64, Slot>,
@@ -526,6 +530,8 @@ impl Replica {
             view: 0,
             active: true,
             retired: false,
+            catching_up: false,
+            last_state_request: None,
             stable: StableCheckpoint { seq: 0, epoch: membership.epoch(), digest, snapshot, proof: vec![] },
             slots: BTreeMap::new(),
             certificates: BTreeMap::new(),
@@ -561,6 +567,22 @@ impl Replica {
         };
         r.arm_retransmit();
         let out = std::mem::take(&mut r.out);
+        Ok((r, out))
+    }
+
+    /// A new member (for example a replacement with a fresh key) joining a
+    /// running cluster: it fetches the current checkpoint by state transfer
+    /// before it proposes or votes.
+    pub fn join(
+        cfg: Config,
+        key: Keypair,
+        membership: Membership,
+        verifier: Box<dyn SignatureVerifier>,
+    ) -> Result<(Self, Vec<Action>), ConfigError> {
+        let (mut r, mut out) = Replica::new(cfg, key, membership, verifier)?;
+        r.catching_up = true;
+        r.request_state(1);
+        out.append(&mut r.out);
         Ok((r, out))
     }
 
@@ -1096,7 +1118,7 @@ impl Replica {
     // ------------------------------------------------------------------ primary: batching
 
     fn propose(&mut self) {
-        if !self.active || self.membership.primary(self.view) != self.cfg.id {
+        if !self.active || self.catching_up || self.membership.primary(self.view) != self.cfg.id {
             return;
         }
         loop {
@@ -1500,6 +1522,9 @@ impl Replica {
         let primary = self.membership.primary(self.view);
         let me = self.cfg.id;
         let view = self.view;
+        if self.catching_up {
+            return;
+        }
         let Some(slot) = self.slots.get(&seq) else { return };
         let Some(pp) = &slot.pre_prepare else { return };
         let digest = pp.digest;
@@ -1880,7 +1905,10 @@ impl Replica {
         let view = self.view;
         let window = self.cfg.view_window;
         let epoch = self.membership.epoch();
-        self.signed.retain(|(e, s), _| *e == epoch && (if s.seq == 0 { s.view + window >= view } else { s.seq > h }));
+        // Entries of a later epoch (seen while installing a snapshot) are kept.
+        self.signed.retain(|(e, s), _| {
+            *e > epoch || (*e == epoch && (if s.seq == 0 { s.view + window >= view } else { s.seq > h }))
+        });
     }
 
     /// Puts an accepted pre-prepare into its slot and indexes its requests.
@@ -1969,10 +1997,14 @@ impl Replica {
             self.broadcast(&env);
             self.store_checkpoint_vote(self.cfg.id, seq, env, digest.to_vec());
         }
-        if !self.active {
-            let v = self.view;
-            self.start_view_change(v);
-        }
+        // A new epoch is a fresh instance of the protocol from the boundary
+        // checkpoint: every replica starts it in view 0, in normal operation,
+        // which a new member knows without being told.
+        self.view = 0;
+        self.active = true;
+        self.failed_views = 0;
+        self.out.push(Action::NewView { view: 0, primary: self.membership.primary(0) });
+        self.arm_request_timer();
     }
 
     // ------------------------------------------------------------------ view change
@@ -2380,7 +2412,14 @@ impl Replica {
     // ------------------------------------------------------------------ state transfer
 
     fn request_state(&mut self, min_seq: u64) {
-        if let Some(env) = self.sign(Body::StateRequest(StateRequest { min_seq })) {
+        let epoch = self.membership.epoch();
+        let env = match &self.last_state_request {
+            // ed25519 is deterministic: re-sending the same request needs no new signature.
+            Some((e, m, env)) if *e == epoch && *m == min_seq => Some(env.clone()),
+            _ => self.sign(Body::StateRequest(StateRequest { min_seq })),
+        };
+        if let Some(env) = env {
+            self.last_state_request = Some((epoch, min_seq, env.clone()));
             self.broadcast(&env);
         }
     }
@@ -2525,6 +2564,7 @@ impl Replica {
             self.ledger.set_members(self.membership.n());
         }
         self.state = state;
+        self.catching_up = false;
         let epoch = proof
             .first()
             .and_then(|e| Message::decode(e.payload.as_ref()).ok())
@@ -2544,6 +2584,10 @@ impl Replica {
     fn on_retransmit_timer(&mut self) {
         self.arm_retransmit();
         self.answered_status.clear();
+        if self.catching_up {
+            self.request_state(1);
+            return;
+        }
         let stuck = self.state.seq == self.executed_at_last_tick;
         self.executed_at_last_tick = self.state.seq;
         if let Some(t) = &mut self.transition {

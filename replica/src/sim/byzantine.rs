@@ -176,7 +176,7 @@ impl Byzantine {
                 }
             }
             Strategy::FutureFlood => {
-                for _ in 0..8 {
+                for _ in 0..5 {
                     let body = match rng.gen_range(0..5) {
                         0 => Body::PrePrepare(PrePrepare {
                             view,

@@ -192,7 +192,6 @@ enum Slot {
     Down,
 }
 
-const GST_MS: u64 = 20_000;
 const LIVENESS_MS: u64 = 120_000;
 const KEYS: [&str; 4] = ["a", "b", "c", "d"];
 
@@ -219,6 +218,9 @@ struct Sim {
     replacements: usize,
     replacing: Option<ReplicaId>,
     key_counter: u8,
+    verifier: MemoVerifier,
+    /// Global stabilisation time of this run (ms): faults happen before it.
+    gst: u64,
     trace: String,
 }
 
@@ -251,6 +253,7 @@ impl Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ cfg.n as u64);
         let f = (cfg.n - 1) / 3;
         let mix = fault_mix(cfg.seed, f, &mut rng);
+        let gst = rng.gen_range(4_000..12_000);
         let keys: BTreeMap<ReplicaId, Keypair> =
             (0..cfg.n as u32).map(|i| (i, Keypair::from_secret(secret(cfg.seed, 1, i as u8)))).collect();
         let admin_key = Keypair::from_secret(secret(cfg.seed, 2, 0));
@@ -297,6 +300,8 @@ impl Sim {
             replacements: 0,
             replacing: None,
             key_counter: 0,
+            verifier: MemoVerifier::default(),
+            gst,
             trace: String::new(),
             cfg,
         };
@@ -320,7 +325,7 @@ impl Sim {
         for id in 0..self.cfg.n as u32 {
             let cfg = replica_config(id, self.cfg.n, self.mix.tight_budget);
             let key = self.keys[&id].clone();
-            let (r, actions) = Replica::new(cfg, key.clone(), self.genesis.clone(), Box::new(MemoVerifier::default()))
+            let (r, actions) = Replica::new(cfg, key.clone(), self.genesis.clone(), Box::new(self.verifier.sharing()))
                 .expect("simulator configuration is valid");
             let slot = match self.byzantine_ids.iter().position(|b| *b == id) {
                 Some(i) => {
@@ -342,7 +347,7 @@ impl Sim {
         if self.mix.crashes {
             for _ in 0..self.rng.gen_range(1..4) {
                 let victim = honest[self.rng.gen_range(0..honest.len())];
-                let at = self.rng.gen_range(500..GST_MS - 4_000);
+                let at = self.rng.gen_range(500..self.gst.saturating_sub(1_000).max(600));
                 let down = self.rng.gen_range(200..4_000);
                 self.schedule(at, Node::Replica(victim), Payload::Crash);
                 self.schedule(at + down, Node::Replica(victim), Payload::Restart);
@@ -354,7 +359,7 @@ impl Sim {
         }
         if self.mix.replacements && self.byzantine_ids.len() < (self.cfg.n - 1) / 3 {
             let victim = honest[self.rng.gen_range(0..honest.len())];
-            let at = self.rng.gen_range(1_000..8_000);
+            let at = self.rng.gen_range(500..self.gst);
             self.schedule(at, Node::Replica(victim), Payload::Replace);
         }
     }
@@ -382,7 +387,7 @@ impl Sim {
     // ------------------------------------------------------------------ network
 
     fn deliver(&mut self, from: Node, to: Node, payload: Payload) {
-        let before_gst = self.now < GST_MS;
+        let before_gst = self.now < self.gst;
         if before_gst {
             if let (Node::Replica(a), Node::Replica(b)) = (from, to) {
                 if self.partitioned.contains(&a) != self.partitioned.contains(&b) {
@@ -565,7 +570,7 @@ impl Sim {
         let cfg = replica_config(id, self.cfg.n, self.mix.tight_budget);
         let key = self.keys[&id].clone();
         let records = self.disks.get(&id).cloned().unwrap_or_default();
-        match Replica::recover(cfg, key, self.genesis.clone(), Box::new(MemoVerifier::default()), &records) {
+        match Replica::recover(cfg, key, self.genesis.clone(), Box::new(self.verifier.sharing()), &records) {
             Ok((r, actions)) => {
                 self.log(|| format!("r{id} RESTART from {} records at seq {}", records.len(), r.last_executed()));
                 self.replicas.insert(id, Slot::Honest(Box::new(r)));
@@ -615,7 +620,7 @@ impl Sim {
         let newest = self.current_membership();
         if newest.key(id).is_some_and(|k| *k == self.keys[&id].public()) {
             let cfg = replica_config(id, self.cfg.n, self.mix.tight_budget);
-            let (r, actions) = Replica::new(cfg, self.keys[&id].clone(), newest, Box::new(MemoVerifier::default()))
+            let (r, actions) = Replica::join(cfg, self.keys[&id].clone(), newest, Box::new(self.verifier.sharing()))
                 .expect("replacement configuration is valid");
             self.log(|| format!("r{id} REPLACEMENT started with a fresh key"));
             self.replicas.insert(id, Slot::Honest(Box::new(r)));
@@ -705,7 +710,9 @@ impl Sim {
             return;
         }
         self.clients[c].timer_gen += 1;
-        let think = self.rng.gen_range(0..50);
+        // Spread the operations over the fault period so faults meet traffic.
+        let spread = self.gst / (self.cfg.ops_per_client as u64 + 1);
+        let think = self.rng.gen_range(0..spread.max(50));
         self.schedule(think, Node::Client(c), Payload::ClientTimer(0));
     }
 
@@ -717,22 +724,22 @@ impl Sim {
     // ------------------------------------------------------------------ main loop
 
     fn run(mut self) -> Report {
-        let deadline = GST_MS + LIVENESS_MS;
+        let deadline = self.gst + LIVENESS_MS;
         while let Some(Reverse(ev)) = self.queue.pop() {
             self.now = ev.at;
-            if self.now >= GST_MS && !self.partitioned.is_empty() {
+            if self.now >= self.gst && !self.partitioned.is_empty() {
                 self.partitioned.clear();
             }
             if self.now > deadline {
                 break;
             }
-            if self.all_done() && self.now >= GST_MS {
+            if self.all_done() && self.now >= self.gst {
                 break;
             }
             match (ev.to, ev.payload) {
                 (Node::Client(usize::MAX), Payload::Crash) => {
                     // Toggle a partition: isolate a random minority, later heal.
-                    if self.partitioned.is_empty() && self.now < GST_MS {
+                    if self.partitioned.is_empty() && self.now < self.gst {
                         let k = self.rng.gen_range(1..=(self.cfg.n - 1) / 3 + 1).min(self.cfg.n / 2);
                         let mut ids: Vec<ReplicaId> = (0..self.cfg.n as u32).collect();
                         while self.partitioned.len() < k {
@@ -745,7 +752,7 @@ impl Sim {
                         self.partitioned.clear();
                         self.log(|| "HEAL".to_string());
                     }
-                    if self.now < GST_MS {
+                    if self.now < self.gst {
                         let next = self.rng.gen_range(1_000..5_000);
                         self.schedule(next, Node::Client(usize::MAX), Payload::Crash);
                     }
@@ -769,7 +776,7 @@ impl Sim {
                             (r.membership().epoch(), r.view(), r.stable_checkpoint(), r.config().max_message_bytes);
                         let outs = byz.tick(&peers, &honest, epoch, view, stable, max, &mut self.rng);
                         self.apply_byzantine(id, outs);
-                        self.schedule(100, Node::Replica(id), Payload::ByzTick);
+                        self.schedule(150, Node::Replica(id), Payload::ByzTick);
                     }
                 }
                 (Node::Replica(id), Payload::Crash) => self.crash(id),
@@ -782,7 +789,7 @@ impl Sim {
                 }
                 _ => {}
             }
-            if self.now >= GST_MS {
+            if self.now >= self.gst {
                 // After GST every crashed replica is back.
                 let down: Vec<ReplicaId> =
                     self.replicas.iter().filter(|(_, s)| matches!(s, Slot::Down)).map(|(id, _)| *id).collect();
