@@ -192,6 +192,13 @@ impl Config {
     }
 }
 
+/// View changes and new views more than this many views ahead are dropped
+/// unread. Honest replicas advance at most one view per timeout (or jump to a
+/// view another replica already asked for), so they never drift this far
+/// apart (2^20 views at one per 500 ms is six days); a Byzantine replica
+/// cannot push views toward the end of the number range.
+pub const MAX_VIEW_AHEAD: u64 = 1 << 20;
+
 /// Timers the core asks the driver for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TimerKind {
@@ -757,6 +764,37 @@ impl Replica {
         &self.cfg
     }
 
+    /// The digest of the vote `sender` cast in `slot` that this replica holds
+    /// in its current epoch, if any (for checkers: a conflicting vote arriving
+    /// now must produce evidence).
+    pub fn held_vote(&self, sender: ReplicaId, slot: VoteSlot) -> Option<Vec<u8>> {
+        use crate::proto::evidence::Kind;
+        let kind = Kind::try_from(slot.kind).ok()?;
+        let env = match kind {
+            Kind::EquivocatingPrePrepare if slot.view == self.view => {
+                self.slots.get(&slot.seq)?.pre_prepare.as_ref().map(|p| &p.env)
+            }
+            Kind::ConflictingPrepare if slot.view == self.view => {
+                self.slots.get(&slot.seq)?.prepares.get(&sender).map(|m| &m.env)
+            }
+            Kind::ConflictingCommit if slot.view == self.view => {
+                self.slots.get(&slot.seq)?.commits.get(&sender).map(|m| &m.env)
+            }
+            Kind::ConflictingCheckpoint => self.checkpoint_votes.get(&slot.seq)?.get(&sender).map(|m| &m.env),
+            Kind::ConflictingViewChange => {
+                self.view_changes.get(&sender).filter(|v| v.view == slot.view).map(|v| &v.env)
+            }
+            _ => None,
+        }?;
+        let msg = Message::decode(env.payload.as_ref()).ok()?;
+        (msg.sender == sender).then(|| vote_of(&msg).map(|(_, d)| d)).flatten()
+    }
+
+    /// Whether this replica recorded evidence against `sender` for `slot`.
+    pub fn has_evidence_against(&self, sender: ReplicaId, slot: VoteSlot) -> bool {
+        self.evidence_seen.contains(&(slot, sender))
+    }
+
     /// A one-line summary of the log above the last executed request, for diagnostics.
     pub fn describe_log(&self) -> String {
         let q = self.membership.quorum();
@@ -1284,7 +1322,7 @@ impl Replica {
         };
         if let Some((view, seq)) = vote_view_seq {
             let ahead = view > self.view || (view == self.view && !self.active);
-            if ahead && view <= self.view + 2 && in_window(seq) {
+            if ahead && view <= self.view.saturating_add(2) && in_window(seq) {
                 self.buffer_future_vote(view, msg.sender, bytes);
                 return None;
             }
@@ -1320,11 +1358,18 @@ impl Replica {
                         || self.checkpoint_claims.get(&msg.sender).is_none_or(|s| *s < c.seq))
             }
             Body::ViewChange(v) => {
-                v.new_view > self.view.saturating_sub(if self.active { 0 } else { 1 })
-                    && !self.view_changes.get(&msg.sender).is_some_and(|s| s.view > v.new_view || s.env == env)
+                let stored = self.view_changes.get(&msg.sender);
+                // A second, different view change for the view we hold from this
+                // sender is checked whatever our view: it may be evidence.
+                let conflict = stored.is_some_and(|s| s.view == v.new_view && s.env != env);
+                v.new_view <= self.view.saturating_add(MAX_VIEW_AHEAD)
+                    && (conflict
+                        || (v.new_view > self.view.saturating_sub(if self.active { 0 } else { 1 })
+                            && !stored.is_some_and(|s| s.view > v.new_view || s.env == env)))
             }
             Body::NewView(n) => {
-                (n.view > self.view || (n.view == self.view && !self.active))
+                n.view <= self.view.saturating_add(MAX_VIEW_AHEAD)
+                    && (n.view > self.view || (n.view == self.view && !self.active))
                     && self.membership.primary(n.view) == msg.sender
             }
             Body::StateRequest(_) | Body::StateResponse(_) => true,
@@ -1907,7 +1952,7 @@ impl Replica {
         let epoch = self.membership.epoch();
         // Entries of a later epoch (seen while installing a snapshot) are kept.
         self.signed.retain(|(e, s), _| {
-            *e > epoch || (*e == epoch && (if s.seq == 0 { s.view + window >= view } else { s.seq > h }))
+            *e > epoch || (*e == epoch && (if s.seq == 0 { s.view.saturating_add(window) >= view } else { s.seq > h }))
         });
     }
 

@@ -185,12 +185,16 @@ impl Byzantine {
                             batch: Some(Batch { requests: vec![] }),
                         }),
                         1 => Body::Prepare(Prepare {
-                            view: view + rng.gen_range(1..u64::MAX / 4),
+                            view: view.saturating_add(rng.gen_range(1..u64::MAX / 4)),
                             seq: stable + 1,
                             digest: random_digest(rng),
                         }),
                         2 => Body::ViewChange(ViewChange {
-                            new_view: view + rng.gen_range(1_000..u64::MAX / 4),
+                            new_view: view.saturating_add(if rng.gen_bool(0.5) {
+                                rng.gen_range(1_000..u64::MAX / 4)
+                            } else {
+                                rng.gen_range(2..crate::core::MAX_VIEW_AHEAD)
+                            }),
                             stable_seq: 0,
                             checkpoint_proof: vec![],
                             prepared: vec![],
@@ -209,7 +213,7 @@ impl Byzantine {
                     epoch,
                     sender: self.id,
                     body: Some(Body::ViewChange(ViewChange {
-                        new_view: view + 1,
+                        new_view: view.saturating_add(1),
                         stable_seq: stable,
                         checkpoint_proof: vec![],
                         prepared: vec![crate::proto::PreparedCertificate {
@@ -223,7 +227,11 @@ impl Byzantine {
                 let nv = Message {
                     epoch,
                     sender: self.id,
-                    body: Some(Body::NewView(NewView { view: view + 1, view_changes: vec![], pre_prepares: vec![] })),
+                    body: Some(Body::NewView(NewView {
+                        view: view.saturating_add(1),
+                        view_changes: vec![],
+                        pre_prepares: vec![],
+                    })),
                 };
                 out.push(ByzOut::To(pick(rng), self.key.seal(&nv).encode_to_vec().into()));
             }

@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::core::client::ClientCore;
-use crate::core::evidence::verify_evidence;
+use crate::core::evidence::{verify_evidence, vote_of, VoteSlot};
 use crate::core::{Action, Config, Event, PersistRecord, Replica, TimerKind};
 use crate::crypto::{Keypair, MemoVerifier};
 use crate::membership::{Membership, ReplicaId};
@@ -541,7 +541,33 @@ impl Sim {
         }
     }
 
+    /// If `bytes` is a validly signed vote that conflicts with a vote the
+    /// honest replica `id` holds from the same sender, the slot and sender:
+    /// the replica must report evidence when it receives it.
+    fn expected_evidence(&self, id: ReplicaId, bytes: &Bytes) -> Option<(VoteSlot, ReplicaId)> {
+        use crate::proto::{Envelope, Message};
+        use prost::Message as _;
+        let r = self.replica(id)?;
+        let env = Envelope::decode(bytes.as_ref()).ok()?;
+        let msg = Message::decode(env.payload.as_ref()).ok()?;
+        if msg.epoch != r.membership().epoch() {
+            return None;
+        }
+        let (slot, digest) = vote_of(&msg)?;
+        let held = r.held_vote(msg.sender, slot)?;
+        if held == digest {
+            return None;
+        }
+        let key = r.membership().key(msg.sender)?;
+        crate::crypto::verify(key, crate::crypto::MESSAGE_DOMAIN, &env.payload, &env.signature).ok()?;
+        Some((slot, msg.sender))
+    }
+
     fn step_replica(&mut self, id: ReplicaId, event: Event) {
+        let expect = match &event {
+            Event::Peer(b) => self.expected_evidence(id, b),
+            _ => None,
+        };
         let actions = match self.replicas.get_mut(&id) {
             Some(Slot::Honest(r)) => r.step(event),
             Some(Slot::Byzantine(r, byz)) => {
@@ -554,6 +580,14 @@ impl Sim {
             _ => return,
         };
         self.apply_actions(id, actions);
+        if let Some((slot, offender)) = expect {
+            let reported = self.replica(id).is_some_and(|r| r.has_evidence_against(offender, slot));
+            if !reported {
+                self.checker.violations.push(format!(
+                    "evidence: replica {id} received conflicting {slot:?} votes from replica {offender} and reported nothing"
+                ));
+            }
+        }
     }
 
     fn crash(&mut self, id: ReplicaId) {
