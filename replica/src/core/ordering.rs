@@ -351,7 +351,6 @@ impl Replica {
         let q = self.membership.quorum();
         let primary = self.membership.primary(self.view);
         let me = self.cfg.id;
-        let view = self.view;
         if self.catching_up {
             return;
         }
@@ -359,17 +358,8 @@ impl Replica {
         let Some(pp) = &slot.pre_prepare else { return };
         let digest = pp.digest;
         // Backups send a prepare for an accepted pre-prepare.
-        if me != primary && !slot.sent_prepare {
-            if let Some(env) = self.sign(Body::Prepare(Prepare { view, seq, digest: Bytes::copy_from_slice(&digest) }))
-            {
-                self.broadcast(&env);
-                let charge = self.ledger.charge(Category::Log, Some(me), env_size(&env));
-                let slot = self.slots.get_mut(&seq).expect("slot exists");
-                slot.sent_prepare = true;
-                slot.prepares.insert(me, Stored { env, digest: digest.to_vec(), charge });
-            } else {
-                return;
-            }
+        if me != primary && !slot.sent_prepare && !self.cast_vote(seq, digest, false) {
+            return;
         }
         let slot = self.slots.get(&seq).expect("slot exists");
         if !slot.prepared {
@@ -382,16 +372,8 @@ impl Replica {
             }
         }
         let slot = self.slots.get(&seq).expect("slot exists");
-        if !slot.sent_commit {
-            if let Some(env) = self.sign(Body::Commit(Commit { view, seq, digest: Bytes::copy_from_slice(&digest) })) {
-                self.broadcast(&env);
-                let charge = self.ledger.charge(Category::Log, Some(me), env_size(&env));
-                let slot = self.slots.get_mut(&seq).expect("slot exists");
-                slot.sent_commit = true;
-                slot.commits.insert(me, Stored { env, digest: digest.to_vec(), charge });
-            } else {
-                return;
-            }
+        if !slot.sent_commit && !self.cast_vote(seq, digest, true) {
+            return;
         }
         let slot = self.slots.get(&seq).expect("slot exists");
         if !slot.committed {
@@ -401,6 +383,31 @@ impl Replica {
                 self.try_execute();
             }
         }
+    }
+
+    /// Signs, broadcasts and stores our own prepare or commit for `seq`;
+    /// false when the signing guard refuses (a restart signed otherwise).
+    fn cast_vote(&mut self, seq: u64, digest: Digest, commit: bool) -> bool {
+        let (view, me) = (self.view, self.cfg.id);
+        let d = Bytes::copy_from_slice(&digest);
+        let body = if commit {
+            Body::Commit(Commit { view, seq, digest: d })
+        } else {
+            Body::Prepare(Prepare { view, seq, digest: d })
+        };
+        let Some(env) = self.sign(body) else { return false };
+        self.broadcast(&env);
+        let charge = self.ledger.charge(Category::Log, Some(me), env_size(&env));
+        let slot = self.slots.get_mut(&seq).expect("slot exists");
+        let stored = Stored { env, digest: digest.to_vec(), charge };
+        if commit {
+            slot.sent_commit = true;
+            slot.commits.insert(me, stored);
+        } else {
+            slot.sent_prepare = true;
+            slot.prepares.insert(me, stored);
+        }
+        true
     }
 
     /// A slot prepared: keep its certificate for view changes.
