@@ -1,0 +1,301 @@
+//! `pbftctl`: talk to a PBFT cluster (put/get/delete/cas, status, evidence, bench).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use prost::Message as _;
+
+use pbft::kvclient::{ClientError, Endpoints, KvClient};
+use pbft::proto::{op_result::Status as OpStatus, Evidence, OpResult};
+use pbft::server::rpc::{admin_client::AdminClient, EvidenceRequest};
+
+#[derive(Parser)]
+#[command(name = "pbftctl", version, about = "Client for PBFT key-value clusters")]
+struct Cli {
+    /// Membership file (YAML or JSON) naming the replicas, their keys and addresses.
+    #[arg(long, env = "PBFT_MEMBERSHIP_FILE")]
+    membership: PathBuf,
+    /// Address overrides, id=host:port (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    endpoint: Vec<String>,
+    /// Give up on one operation after this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    Put {
+        key: String,
+        value: String,
+    },
+    Get {
+        key: String,
+    },
+    Delete {
+        key: String,
+    },
+    /// Compare-and-swap: set KEY to NEW if it equals EXPECTED (--expected absent: must not exist; --new absent: delete).
+    Cas {
+        key: String,
+        #[arg(long)]
+        expected: Option<String>,
+        #[arg(long)]
+        new: Option<String>,
+    },
+    /// A table of the replicas.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evidence each replica holds.
+    Evidence {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Closed-loop load: N clients each with one outstanding put.
+    Bench {
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 64)]
+        value_size: usize,
+        /// Duration, e.g. 10s or 500ms.
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("bad --endpoint {0:?}: expected id=host:port")]
+    Endpoint(String),
+    #[error("bad duration {0:?}: expected e.g. 10s or 500ms")]
+    Duration(String),
+    #[error("{0}")]
+    Op(String),
+}
+
+fn parse_duration(s: &str) -> Result<Duration, CtlError> {
+    let err = || CtlError::Duration(s.to_string());
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms.parse().map(Duration::from_millis).map_err(|_| err());
+    }
+    let secs = s.strip_suffix('s').unwrap_or(s);
+    secs.parse::<f64>().ok().filter(|v| *v > 0.0).map(Duration::from_secs_f64).ok_or_else(err)
+}
+
+fn show(r: &OpResult) -> Result<String, CtlError> {
+    let value = r.value.as_ref().map(|v| String::from_utf8_lossy(v).to_string());
+    match OpStatus::try_from(r.status) {
+        Ok(OpStatus::Ok) => Ok(value.unwrap_or_else(|| "OK".into())),
+        Ok(OpStatus::NotFound) => Err(CtlError::Op("not found".into())),
+        Ok(OpStatus::CasMismatch) => Err(CtlError::Op(format!(
+            "compare-and-swap mismatch (current: {})",
+            value.unwrap_or_else(|| "<absent>".into())
+        ))),
+        _ => Err(CtlError::Op(format!("rejected: {}", r.error))),
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn run(cli: Cli) -> Result<(), CtlError> {
+    let mut overrides = vec![];
+    for e in &cli.endpoint {
+        let (id, addr) = e.split_once('=').ok_or_else(|| CtlError::Endpoint(e.clone()))?;
+        overrides.push((id.parse().map_err(|_| CtlError::Endpoint(e.clone()))?, addr.to_string()));
+    }
+    let endpoints = Endpoints::from_file(&cli.membership, &overrides)?;
+    let timeout = Duration::from_secs_f64(cli.timeout.max(0.1));
+    let client = || {
+        let mut c = KvClient::new(endpoints.clone());
+        c.timeout = timeout;
+        c
+    };
+    match cli.cmd {
+        Cmd::Put { key, value } => println!("{}", show(&client().put(key.as_bytes(), value.as_bytes()).await?)?),
+        Cmd::Get { key } => println!("{}", show(&client().get(key.as_bytes()).await?)?),
+        Cmd::Delete { key } => println!("{}", show(&client().delete(key.as_bytes()).await?)?),
+        Cmd::Cas { key, expected, new } => {
+            let r = client()
+                .cas(key.as_bytes(), expected.as_deref().map(str::as_bytes), new.as_deref().map(str::as_bytes))
+                .await?;
+            println!("{}", show(&r)?)
+        }
+        Cmd::Status { json } => {
+            let rows = endpoints.status().await;
+            if json {
+                let v: Vec<_> = rows
+                    .iter()
+                    .map(|(id, addr, r)| match r {
+                        Ok(s) => serde_json::json!({"id": id, "address": addr, "view": s.view, "primary": s.primary,
+                            "active": s.active, "ready": s.ready, "executed_seq": s.executed_seq, "stable_seq": s.stable_seq,
+                            "epoch": s.epoch, "memory_used_bytes": s.memory_used_bytes, "memory_limit_bytes": s.memory_limit_bytes,
+                            "peers_connected": s.peers.iter().filter(|p| p.connected).count(), "evidence": s.evidence_count}),
+                        Err(e) => serde_json::json!({"id": id, "address": addr, "error": e}),
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!(
+                    "{:<4} {:<22} {:>6} {:>7} {:>6} {:>10} {:>10} {:>5} {:>6} {:>12} {:>6}",
+                    "ID",
+                    "ADDRESS",
+                    "VIEW",
+                    "PRIMARY",
+                    "READY",
+                    "EXECUTED",
+                    "STABLE",
+                    "EPOCH",
+                    "PEERS",
+                    "MEM(MiB)",
+                    "EVID"
+                );
+                for (id, addr, r) in rows {
+                    match r {
+                        Ok(s) => println!(
+                            "{:<4} {:<22} {:>6} {:>7} {:>6} {:>10} {:>10} {:>5} {:>6} {:>12} {:>6}",
+                            id,
+                            addr,
+                            s.view,
+                            s.primary,
+                            s.ready,
+                            s.executed_seq,
+                            s.stable_seq,
+                            s.epoch,
+                            format!("{}/{}", s.peers.iter().filter(|p| p.connected).count(), s.peers.len()),
+                            format!("{}/{}", s.memory_used_bytes >> 20, s.memory_limit_bytes >> 20),
+                            s.evidence_count
+                        ),
+                        Err(e) => println!("{id:<4} {addr:<22} unreachable: {e}"),
+                    }
+                }
+            }
+        }
+        Cmd::Evidence { json } => {
+            for (id, addr, ch) in endpoints.replicas.clone() {
+                let mut c = AdminClient::new(ch).max_decoding_message_size(64 << 20);
+                match c.evidence(EvidenceRequest {}).await {
+                    Ok(r) => {
+                        for b in r.into_inner().evidence {
+                            let Ok(e) = Evidence::decode(b.as_ref()) else { continue };
+                            let valid = pbft::core::evidence::verify_evidence(&e, &endpoints.membership)
+                                .map_err(|x| x.to_string());
+                            let kind = pbft::proto::evidence::Kind::try_from(e.kind)
+                                .map(|k| k.as_str_name())
+                                .unwrap_or("UNKNOWN");
+                            if json {
+                                println!(
+                                    "{}",
+                                    serde_json::json!({"reporter": id, "kind": kind, "offender": e.offender, "epoch": e.epoch, "verifies": valid.is_ok()})
+                                );
+                            } else {
+                                println!(
+                                    "reported by r{id}: {kind} against r{} (epoch {}): {}",
+                                    e.offender,
+                                    e.epoch,
+                                    match valid {
+                                        Ok(()) => "verifies".to_string(),
+                                        Err(x) => format!("does NOT verify: {x}"),
+                                    }
+                                );
+                            }
+                        }
+                    }
+                    Err(s) => eprintln!("r{id} ({addr}): {}", s.message()),
+                }
+            }
+        }
+        Cmd::Bench { clients, value_size, duration, json } => {
+            let duration = parse_duration(&duration)?;
+            let done = Arc::new(AtomicU64::new(0));
+            let errors = Arc::new(AtomicU64::new(0));
+            let start = Instant::now();
+            let mut tasks = vec![];
+            for c in 0..clients.max(1) {
+                let mut cl = client();
+                let (done, errors) = (done.clone(), errors.clone());
+                tasks.push(tokio::spawn(async move {
+                    let value = vec![b'x'; value_size];
+                    let mut lat = vec![];
+                    let mut i = 0u64;
+                    while start.elapsed() < duration {
+                        let t = Instant::now();
+                        match cl.put(format!("bench-{c}-{}", i % 1024).as_bytes(), &value).await {
+                            Ok(_) => {
+                                lat.push(t.elapsed().as_secs_f64());
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        i += 1;
+                    }
+                    lat
+                }));
+            }
+            let progress = {
+                let done = done.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        eprintln!("  {:>5.1}s  {} ops", start.elapsed().as_secs_f64(), done.load(Ordering::Relaxed));
+                    }
+                })
+            };
+            let mut lat = vec![];
+            for t in tasks {
+                if let Ok(l) = t.await {
+                    lat.extend(l);
+                }
+            }
+            progress.abort();
+            let elapsed = start.elapsed().as_secs_f64();
+            lat.sort_by(|a, b| a.total_cmp(b));
+            let ms = |p: f64| percentile(&lat, p) * 1000.0;
+            let ops = lat.len() as f64 / elapsed;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"clients": clients, "value_size": value_size, "seconds": elapsed,
+                    "ops": lat.len(), "errors": errors.load(Ordering::Relaxed), "ops_per_sec": ops,
+                    "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": ms(1.0)}})
+                );
+            } else {
+                println!("{} ops in {elapsed:.1} s: {ops:.0} ops/s, {} errors; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    lat.len(), errors.load(Ordering::Relaxed), ms(0.5), ms(0.9), ms(0.99), ms(1.0));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pbftctl: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("pbftctl: {e}");
+        std::process::exit(1);
+    }
+}

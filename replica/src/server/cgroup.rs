@@ -1,0 +1,171 @@
+//! The container's memory limit and usage from the cgroup (v2 `memory.max`,
+//! v1 `memory.limit_in_bytes`), found through `/proc/self/cgroup` and
+//! `/proc/self/mountinfo`. "max" or an absurdly large value means no limit.
+
+use std::path::{Path, PathBuf};
+
+/// Limits above this are treated as "no limit" (v1 reports ~2^63 rounded to pages).
+const NO_LIMIT_ABOVE: u64 = 1 << 60;
+
+/// Where the memory controller's files of this process live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CgroupFiles {
+    V2 { dir: PathBuf },
+    V1 { dir: PathBuf },
+}
+
+impl CgroupFiles {
+    /// The controller directory of this process, if any.
+    pub fn detect() -> Option<CgroupFiles> {
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        locate(&cgroup, &mountinfo, Path::new("/"))
+    }
+
+    /// The limit in bytes, `None` when unlimited or unreadable.
+    pub fn limit(&self) -> Option<u64> {
+        let (dir, name) = match self {
+            CgroupFiles::V2 { dir } => (dir, "memory.max"),
+            CgroupFiles::V1 { dir } => (dir, "memory.limit_in_bytes"),
+        };
+        parse_limit(&std::fs::read_to_string(dir.join(name)).ok()?)
+    }
+
+    /// Current usage in bytes.
+    pub fn usage(&self) -> Option<u64> {
+        let (dir, name) = match self {
+            CgroupFiles::V2 { dir } => (dir, "memory.current"),
+            CgroupFiles::V1 { dir } => (dir, "memory.usage_in_bytes"),
+        };
+        std::fs::read_to_string(dir.join(name)).ok()?.trim().parse().ok()
+    }
+}
+
+/// Parses a limit file's content: a number of bytes, or "max".
+pub fn parse_limit(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s == "max" {
+        return None;
+    }
+    s.parse::<u64>().ok().filter(|v| *v > 0 && *v < NO_LIMIT_ABOVE)
+}
+
+/// Finds the memory controller directory from the contents of
+/// `/proc/self/cgroup` and `/proc/self/mountinfo` (`root` prefixes the
+/// resulting path, for tests).
+pub fn locate(cgroup: &str, mountinfo: &str, root: &Path) -> Option<CgroupFiles> {
+    // v1 memory controller line "N:...memory...:/path" wins when present.
+    let mut v1_path = None;
+    let mut v2_path = None;
+    for line in cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        if ctrl.is_empty() {
+            v2_path = Some(path.to_string());
+        } else if ctrl.split(',').any(|c| c == "memory") {
+            v1_path = Some(path.to_string());
+        }
+    }
+    for line in mountinfo.lines() {
+        // id parent major:minor root mountpoint options [optional...] - fstype source superoptions
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
+        if fields.len() < 5 || fields.len() < sep + 3 {
+            continue;
+        }
+        let (mount_root, mount_point) = (fields[3], fields[4]);
+        let fstype = fields[sep + 1];
+        let superopts = fields[sep + 3..].join(" ");
+        let join = |path: &str| -> PathBuf {
+            // The cgroup path is relative to the hierarchy root; the mount may show a sub-tree.
+            let rel = path.strip_prefix(mount_root).unwrap_or(path);
+            let mut p = root.join(mount_point.trim_start_matches('/'));
+            for c in rel.split('/').filter(|c| !c.is_empty()) {
+                p.push(c);
+            }
+            p
+        };
+        if let Some(path) = &v1_path {
+            if fstype == "cgroup" && superopts.split(',').any(|o| o == "memory") {
+                return Some(CgroupFiles::V1 { dir: join(path) });
+            }
+        }
+        if v1_path.is_none() {
+            if let Some(path) = &v2_path {
+                if fstype == "cgroup2" {
+                    return Some(CgroupFiles::V2 { dir: join(path) });
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Resident set size of this process from `/proc/self/statm` (fallback usage when there is no cgroup).
+pub fn process_rss() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V2_CGROUP: &str = "0::/kubepods/burstable/pod1/abc\n";
+    const V2_MOUNTINFO: &str = "\
+25 30 0:23 / /sys rw,nosuid - sysfs sysfs rw
+31 25 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec - cgroup2 cgroup2 rw,nsdelegate
+";
+    const V1_CGROUP: &str = "\
+12:pids:/docker/x
+4:memory:/docker/x
+1:name=systemd:/docker/x
+0::/
+";
+    const V1_MOUNTINFO: &str = "\
+40 31 0:35 /docker/x /sys/fs/cgroup/memory ro,nosuid - cgroup cgroup rw,memory
+41 31 0:36 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+";
+
+    #[test]
+    fn limits_parse() {
+        assert_eq!(parse_limit("max\n"), None);
+        assert_eq!(parse_limit("268435456\n"), Some(268435456));
+        assert_eq!(parse_limit("9223372036854771712\n"), None);
+        assert_eq!(parse_limit("garbage"), None);
+        assert_eq!(parse_limit("0"), None);
+    }
+
+    #[test]
+    fn v2_located() {
+        let f = locate(V2_CGROUP, V2_MOUNTINFO, Path::new("/root")).unwrap();
+        assert_eq!(f, CgroupFiles::V2 { dir: PathBuf::from("/root/sys/fs/cgroup/kubepods/burstable/pod1/abc") });
+    }
+
+    #[test]
+    fn v1_located_with_subtree_mount() {
+        let f = locate(V1_CGROUP, V1_MOUNTINFO, Path::new("/")).unwrap();
+        assert_eq!(f, CgroupFiles::V1 { dir: PathBuf::from("/sys/fs/cgroup/memory") });
+    }
+
+    #[test]
+    fn fixture_files_read() {
+        let dir = std::env::temp_dir().join(format!("pbft-cgroup-{}", std::process::id()));
+        let cg = dir.join("sys/fs/cgroup/kubepods/burstable/pod1/abc");
+        std::fs::create_dir_all(&cg).unwrap();
+        std::fs::write(cg.join("memory.max"), "134217728\n").unwrap();
+        std::fs::write(cg.join("memory.current"), "1000\n").unwrap();
+        let f = locate(V2_CGROUP, V2_MOUNTINFO, &dir).unwrap();
+        assert_eq!(f.limit(), Some(134217728));
+        assert_eq!(f.usage(), Some(1000));
+        std::fs::write(cg.join("memory.max"), "max\n").unwrap();
+        assert_eq!(f.limit(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_memory_controller() {
+        assert_eq!(locate("3:cpu:/x\n", V1_MOUNTINFO, Path::new("/")), None);
+    }
+}

@@ -1,0 +1,960 @@
+//! One replica process: gRPC services, the driver task that owns the
+//! [`Replica`], the membership-file watcher, the memory sampler and the HTTP
+//! endpoints.
+//!
+//! The driver drains up to [`DRAIN`] inputs at a time, steps the core (peer
+//! frames of one drain go in as one `Event::Peers`, so their signatures are
+//! verified as a batch), appends every `Persist` of the whole drain to the
+//! write-ahead log and fsyncs once (group commit), and only then carries out
+//! the other actions in order. Delaying sends until after the fsync is always
+//! allowed by the core's contract, and it makes one fsync cover many steps.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tonic::{Request, Response, Status};
+
+use crate::core::{Action, Config, Event, Rejection, Replica, TimerKind};
+use crate::crypto::{Ed25519Verifier, Keypair};
+use crate::membership::Membership;
+use crate::proto::{evidence::Kind as EvidenceKind, message::Body, Envelope, Evidence, Message};
+use crate::server::cgroup::{self, CgroupFiles};
+use crate::server::config::Settings;
+use crate::server::membership_file::{MembershipFile, MembershipFileError};
+use crate::server::metrics::{KindLabel, Metrics, PeerLabel, ReasonLabel, TypeLabel};
+use crate::server::rpc::{
+    admin_server::{Admin, AdminServer},
+    client_server::{Client, ClientServer},
+    peer_server::{Peer, PeerServer},
+    EvidenceReply, EvidenceRequest, Frame, IdentityReply, IdentityRequest, PeerState, StatusReply, StatusRequest,
+    StreamClosed, SubmitReply, SubmitRequest,
+};
+use crate::server::transport::{run_peer, PeerQueue};
+use crate::server::wal::{Wal, WalError};
+use crate::server::{keys, ServerError};
+
+/// Inputs drained per driver iteration.
+const DRAIN: usize = 512;
+/// Capacity of the driver's input channel.
+const INPUT_CAPACITY: usize = 8192;
+/// How long a client call waits for this replica's reply.
+const CLIENT_WAIT: Duration = Duration::from_secs(10);
+/// Retry hint sent with RESOURCE_EXHAUSTED.
+const RETRY_AFTER_MS: u64 = 200;
+
+enum Input {
+    Peer(Bytes),
+    Client { request: Bytes, reply: oneshot::Sender<Result<Bytes, Status>>, arrived: Instant },
+    Timer { kind: TimerKind, generation: u64 },
+}
+
+/// State shared by the services, the driver and the watchers.
+pub struct Shared {
+    pub settings: Settings,
+    pub public_key: [u8; 32],
+    id: OnceLock<u32>,
+    input: OnceLock<mpsc::Sender<Input>>,
+    inbound_bytes: AtomicUsize,
+    inbound_cap: usize,
+    max_message_bytes: AtomicUsize,
+    max_request_bytes: AtomicUsize,
+    pub status: Mutex<StatusReply>,
+    evidence: Mutex<Vec<Bytes>>,
+    peers: Mutex<HashMap<u32, Arc<PeerQueue>>>,
+    pub metrics: Metrics,
+    memory_used: AtomicU64,
+    memory_limit: AtomicU64,
+    shutting_down: AtomicBool,
+    client_calls: Arc<Semaphore>,
+    ready: AtomicBool,
+    shutdown: watch::Receiver<bool>,
+    /// Set when the driver has flushed and stopped.
+    driver_done: watch::Sender<bool>,
+    #[cfg(feature = "fault-injection")]
+    faults: crate::server::faults::Faults,
+}
+
+impl Shared {
+    fn shed_threshold(&self) -> u64 {
+        self.memory_limit.load(Ordering::Relaxed) / 100 * self.settings.shed_percent
+    }
+
+    fn shed(&self, reason: &str) {
+        self.metrics.shed_requests.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+    }
+}
+
+fn exhausted(msg: &str) -> Status {
+    let mut s = Status::resource_exhausted(format!("{msg}; retry after {RETRY_AFTER_MS} ms"));
+    if let Ok(v) = RETRY_AFTER_MS.to_string().parse() {
+        s.metadata_mut().insert("retry-after-ms", v);
+    }
+    s
+}
+
+// ---------------------------------------------------------------- services
+
+#[derive(Clone)]
+struct PeerSvc(Arc<Shared>);
+
+#[tonic::async_trait]
+impl Peer for PeerSvc {
+    async fn stream(&self, req: Request<tonic::Streaming<Frame>>) -> Result<Response<StreamClosed>, Status> {
+        let s = &self.0;
+        let mut stream = req.into_inner();
+        let mut shutdown = s.shutdown.clone();
+        loop {
+            let frame = tokio::select! {
+                f = stream.message() => f?,
+                _ = shutdown.changed() => return Err(Status::unavailable("shutting down")),
+            };
+            let Some(frame) = frame else { return Ok(Response::new(StreamClosed {})) };
+            let len = frame.envelope.len();
+            let drop_reason = if len > s.max_message_bytes.load(Ordering::Relaxed) + 64 {
+                Some("oversized")
+            } else if s.inbound_bytes.load(Ordering::Relaxed) + len > s.inbound_cap {
+                Some("inbound_full")
+            } else {
+                None
+            };
+            if let Some(reason) = drop_reason {
+                s.metrics.messages_dropped.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+                continue;
+            }
+            let Some(tx) = s.input.get() else { continue };
+            s.inbound_bytes.fetch_add(len, Ordering::Relaxed);
+            if tx.try_send(Input::Peer(frame.envelope)).is_err() {
+                s.inbound_bytes.fetch_sub(len, Ordering::Relaxed);
+                s.metrics.messages_dropped.get_or_create(&ReasonLabel { reason: "driver_full".into() }).inc();
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ClientSvc(Arc<Shared>);
+
+#[tonic::async_trait]
+impl Client for ClientSvc {
+    async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitReply>, Status> {
+        let s = &self.0;
+        if s.shutting_down.load(Ordering::Relaxed) {
+            return Err(Status::unavailable("replica is shutting down"));
+        }
+        let Some(tx) = s.input.get() else {
+            return Err(Status::unavailable("replica is not (yet) a member of the membership file"));
+        };
+        let request = req.into_inner().request;
+        let limit = s.max_request_bytes.load(Ordering::Relaxed);
+        if request.len() > limit {
+            return Err(Status::invalid_argument(format!("request of {} bytes exceeds {limit}", request.len())));
+        }
+        if s.memory_used.load(Ordering::Relaxed) > s.shed_threshold() {
+            s.shed("memory");
+            return Err(exhausted("memory above the soft limit"));
+        }
+        let Ok(_permit) = s.client_calls.clone().try_acquire_owned() else {
+            s.shed("concurrency");
+            return Err(exhausted("too many client calls in flight"));
+        };
+        let (otx, orx) = oneshot::channel();
+        if tx.try_send(Input::Client { request, reply: otx, arrived: Instant::now() }).is_err() {
+            s.shed("queue");
+            return Err(exhausted("replica input queue full"));
+        }
+        match tokio::time::timeout(CLIENT_WAIT, orx).await {
+            Ok(Ok(Ok(envelope))) => Ok(Response::new(SubmitReply { envelope })),
+            Ok(Ok(Err(status))) => Err(status),
+            Ok(Err(_)) => Err(Status::unavailable("replica stopped")),
+            Err(_) => Err(Status::deadline_exceeded("no reply within 10 s (view change or overload); retry")),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AdminSvc(Arc<Shared>);
+
+#[tonic::async_trait]
+impl Admin for AdminSvc {
+    async fn identity(&self, _: Request<IdentityRequest>) -> Result<Response<IdentityReply>, Status> {
+        let s = &self.0;
+        Ok(Response::new(IdentityReply {
+            public_key: Bytes::copy_from_slice(&s.public_key),
+            member: s.id.get().is_some(),
+            id: s.id.get().copied().unwrap_or(0),
+        }))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        let s = &self.0;
+        let mut st = s.status.lock().map(|g| g.clone()).unwrap_or_default();
+        st.public_key = Bytes::copy_from_slice(&s.public_key);
+        st.memory_used_bytes = s.memory_used.load(Ordering::Relaxed);
+        st.memory_limit_bytes = s.memory_limit.load(Ordering::Relaxed);
+        st.ready = s.ready.load(Ordering::Relaxed);
+        if let Ok(peers) = s.peers.lock() {
+            let mut v: Vec<PeerState> = peers
+                .values()
+                .map(|q| PeerState {
+                    id: q.id,
+                    address: q.address.lock().map(|a| a.clone()).unwrap_or_default(),
+                    connected: q.connected.load(Ordering::Relaxed),
+                    dropped_frames: q.dropped.load(Ordering::Relaxed),
+                })
+                .collect();
+            v.sort_by_key(|p| p.id);
+            st.peers = v;
+        }
+        Ok(Response::new(st))
+    }
+
+    async fn evidence(&self, _: Request<EvidenceRequest>) -> Result<Response<EvidenceReply>, Status> {
+        let evidence = self.0.evidence.lock().map(|e| e.clone()).unwrap_or_default();
+        Ok(Response::new(EvidenceReply { evidence }))
+    }
+}
+
+// ---------------------------------------------------------------- driver
+
+struct Waiter {
+    tx: oneshot::Sender<Result<Bytes, Status>>,
+    arrived: Instant,
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    replica: Replica,
+    wal: Wal,
+    tx: mpsc::Sender<Input>,
+    waiters: HashMap<(Bytes, u64), Vec<Waiter>>,
+    evidence_log: PathBuf,
+    verifications: u64,
+    fsyncs: u64,
+    #[cfg(feature = "fault-injection")]
+    key: Keypair,
+}
+
+fn msg_type(b: &Bytes) -> &'static str {
+    let Ok(env) = Envelope::decode(b.as_ref()) else { return "malformed" };
+    match Message::decode(env.payload.as_ref()).map(|m| m.body) {
+        Ok(Some(Body::PrePrepare(_))) => "pre_prepare",
+        Ok(Some(Body::Prepare(_))) => "prepare",
+        Ok(Some(Body::Commit(_))) => "commit",
+        Ok(Some(Body::Checkpoint(_))) => "checkpoint",
+        Ok(Some(Body::ViewChange(_))) => "view_change",
+        Ok(Some(Body::NewView(_))) => "new_view",
+        Ok(Some(Body::StateRequest(_))) => "state_request",
+        Ok(Some(Body::StateResponse(_))) => "state_response",
+        Ok(Some(Body::Reply(_))) => "reply",
+        _ => "malformed",
+    }
+}
+
+fn rejection_status(r: Rejection) -> Status {
+    match r {
+        Rejection::ResourceExhausted { retry_after_ms } => {
+            let mut s = Status::resource_exhausted(format!("replica buffers full; retry after {retry_after_ms} ms"));
+            if let Ok(v) = retry_after_ms.to_string().parse() {
+                s.metadata_mut().insert("retry-after-ms", v);
+            }
+            s
+        }
+        Rejection::TooLarge { bytes, limit } => {
+            Status::invalid_argument(format!("request of {bytes} bytes exceeds the limit of {limit}"))
+        }
+        Rejection::Malformed(why) => Status::invalid_argument(format!("malformed request: {why}")),
+        Rejection::BadSignature => Status::unauthenticated("request signature does not verify"),
+        Rejection::Retired => Status::failed_precondition("replica left the membership"),
+    }
+}
+
+impl Driver {
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>, initial: Vec<Action>) -> Result<(), WalError> {
+        let mut shutdown = self.shared.shutdown.clone();
+        self.carry_out(initial)?;
+        let mut buf = Vec::with_capacity(DRAIN);
+        loop {
+            buf.clear();
+            tokio::select! {
+                n = rx.recv_many(&mut buf, DRAIN) => if n == 0 { break },
+                _ = shutdown.changed() => break,
+            }
+            let mut actions = vec![];
+            let mut peers = vec![];
+            for input in buf.drain(..) {
+                match input {
+                    Input::Peer(b) => {
+                        self.shared.inbound_bytes.fetch_sub(b.len(), Ordering::Relaxed);
+                        self.shared
+                            .metrics
+                            .messages_received
+                            .get_or_create(&TypeLabel { r#type: msg_type(&b).into() })
+                            .inc();
+                        if self.fault_drop_inbound() {
+                            continue;
+                        }
+                        peers.push(b);
+                    }
+                    Input::Client { request, reply, arrived } => match crate::core::decode_request(&request) {
+                        Ok((_, body)) => {
+                            self.waiters
+                                .entry((body.client.clone(), body.timestamp))
+                                .or_default()
+                                .push(Waiter { tx: reply, arrived });
+                            actions.extend(self.replica.step(Event::Client(request)));
+                        }
+                        Err(why) => {
+                            let _ = reply.send(Err(Status::invalid_argument(format!("malformed request: {why}"))));
+                        }
+                    },
+                    Input::Timer { kind, generation } => {
+                        if kind == TimerKind::Retransmit {
+                            self.waiters.retain(|_, w| {
+                                w.retain(|x| !x.tx.is_closed());
+                                !w.is_empty()
+                            });
+                        }
+                        actions.extend(self.replica.step(Event::Timer { kind, generation }));
+                    }
+                }
+            }
+            if !peers.is_empty() {
+                let ev = if peers.len() == 1 { Event::Peer(peers.remove(0)) } else { Event::Peers(peers) };
+                actions.extend(self.replica.step(ev));
+            }
+            self.carry_out(actions)?;
+        }
+        // Flush: everything persisted so far is already synced; sync anything buffered.
+        self.wal.sync()?;
+        for (_, ws) in self.waiters.drain() {
+            for w in ws {
+                let _ = w.tx.send(Err(Status::unavailable("replica is shutting down")));
+            }
+        }
+        Ok(())
+    }
+
+    fn carry_out(&mut self, actions: Vec<Action>) -> Result<(), WalError> {
+        // Group commit: every record of this drain, one fsync, before any other action.
+        let mut rest = Vec::with_capacity(actions.len());
+        for a in actions {
+            match a {
+                Action::Persist(rec) => self.wal.append(rec),
+                other => rest.push(other),
+            }
+        }
+        if self.wal.dirty() {
+            self.wal.sync()?;
+        }
+        for a in rest {
+            self.act(a);
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn send_to(&self, to: u32, envelope: Bytes) {
+        if self.fault_drop_outbound(to) {
+            return;
+        }
+        if let Some(q) = self.shared.peers.lock().ok().and_then(|p| p.get(&to).cloned()) {
+            q.push(envelope);
+        }
+    }
+
+    fn broadcast(&self, envelope: Bytes) {
+        let ids: Vec<u32> = self.shared.peers.lock().map(|p| p.keys().copied().collect()).unwrap_or_default();
+        for id in ids {
+            self.send_to(id, envelope.clone());
+        }
+    }
+
+    fn act(&mut self, a: Action) {
+        let m = &self.shared.metrics;
+        match a {
+            Action::Send { to, envelope } => self.send_to(to, envelope),
+            Action::Broadcast { envelope } => {
+                self.fault_extra(&envelope);
+                self.broadcast(envelope)
+            }
+            Action::Reply { client, timestamp, envelope } => {
+                if let Some(ws) = self.waiters.remove(&(client, timestamp)) {
+                    for w in ws {
+                        m.commit_latency.observe(w.arrived.elapsed().as_secs_f64());
+                        let _ = w.tx.send(Ok(envelope.clone()));
+                    }
+                }
+            }
+            Action::Reject { client, timestamp, reason } => {
+                let reason_label = match &reason {
+                    Rejection::ResourceExhausted { .. } => "core_budget",
+                    Rejection::TooLarge { .. } => "too_large",
+                    Rejection::Malformed(_) => "malformed",
+                    Rejection::BadSignature => "bad_signature",
+                    Rejection::Retired => "retired",
+                };
+                self.shared.shed(reason_label);
+                if let Some(ws) = self.waiters.remove(&(client, timestamp)) {
+                    for w in ws {
+                        let _ = w.tx.send(Err(rejection_status(reason.clone())));
+                    }
+                }
+            }
+            Action::Persist(_) => {} // handled in carry_out
+            Action::SetTimer { kind, generation, after_ms } => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                    let _ = tx.send(Input::Timer { kind, generation }).await;
+                });
+            }
+            Action::Executed { requests, .. } => m.batch_requests.observe(requests.len() as f64),
+            Action::Evidence(e) => self.on_evidence(e),
+            Action::StableCheckpoint { seq, .. } => tracing::debug!(seq, "stable checkpoint"),
+            Action::NewView { view, primary } => tracing::info!(view, primary, "entered view"),
+            Action::ViewChangeStarted { view } => {
+                m.view_changes.inc();
+                tracing::info!(view, "suspecting the primary: view change started");
+            }
+            Action::MembershipChanged { epoch } => {
+                tracing::info!(epoch, "membership epoch in force");
+                let members = self.replica.membership().members().to_vec();
+                let me = self.replica.id();
+                start_peers(&self.shared, me, &members);
+            }
+            Action::StateTransferred { seq } => tracing::info!(seq, "state transferred"),
+            Action::Retired => tracing::warn!("this replica left the membership and stopped"),
+            Action::Warning(w) => tracing::warn!(warning = ?w, "core warning"),
+        }
+    }
+
+    fn on_evidence(&mut self, e: Evidence) {
+        let kind = EvidenceKind::try_from(e.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN");
+        tracing::warn!(offender = e.offender, epoch = e.epoch, kind, "EVIDENCE of misbehaviour");
+        self.shared.metrics.evidence.get_or_create(&KindLabel { kind: kind.to_lowercase() }).inc();
+        let env_json = |env: &Option<Envelope>| {
+            env.as_ref().map_or(
+                serde_json::Value::Null,
+                |x| serde_json::json!({"payload": hex::encode(&x.payload), "signature": hex::encode(&x.signature)}),
+            )
+        };
+        let line = serde_json::json!({
+            "time_unix_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            "reporter": self.replica.id(),
+            "kind": kind,
+            "offender": e.offender,
+            "epoch": e.epoch,
+            "first": env_json(&e.first),
+            "second": env_json(&e.second),
+        });
+        use std::io::Write;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.evidence_log)
+            .and_then(|mut f| writeln!(f, "{line}").and_then(|_| f.sync_data()));
+        if let Err(err) = written {
+            tracing::error!(path = %self.evidence_log.display(), "cannot write the forensic evidence log: {err}");
+        }
+        if let Ok(mut v) = self.shared.evidence.lock() {
+            if v.len() >= 1024 {
+                v.remove(0);
+            }
+            v.push(e.encode_to_vec().into());
+        }
+    }
+
+    /// Updates the status snapshot and gauges.
+    fn publish(&mut self) {
+        let r = &self.replica;
+        let m = &self.shared.metrics;
+        m.view.set(r.view() as i64);
+        m.primary.set(r.primary() as i64);
+        m.epoch.set(r.membership().epoch() as i64);
+        m.executed_seq.set(r.last_executed() as i64);
+        m.stable_seq.set(r.stable_checkpoint() as i64);
+        m.ledger_bytes.set(r.ledger().total() as i64);
+        let v = r.verifications();
+        m.signature_verifications.inc_by(v.saturating_sub(self.verifications));
+        self.verifications = v;
+        m.wal_fsyncs.inc_by(self.wal.syncs.saturating_sub(self.fsyncs));
+        self.fsyncs = self.wal.syncs;
+        m.wal_bytes.set(self.wal.bytes() as i64);
+        let (connected, peer_count) = self
+            .shared
+            .peers
+            .lock()
+            .map(|p| {
+                for q in p.values() {
+                    let up = q.connected.load(Ordering::Relaxed);
+                    m.peer_connected.get_or_create(&PeerLabel { peer: q.id.to_string() }).set(up as i64);
+                    let d = m.peer_dropped_frames.get_or_create(&PeerLabel { peer: q.id.to_string() });
+                    d.inc_by(q.dropped.load(Ordering::Relaxed).saturating_sub(d.get()));
+                }
+                (p.values().filter(|q| q.connected.load(Ordering::Relaxed)).count(), p.len())
+            })
+            .unwrap_or((0, 0));
+        let _ = peer_count;
+        let ready = r.is_active() && connected + 1 >= r.membership().quorum();
+        self.shared.ready.store(ready, Ordering::Relaxed);
+        m.ready.set(ready as i64);
+        if let Ok(mut st) = self.shared.status.lock() {
+            st.id = r.id();
+            st.member = true;
+            st.view = r.view();
+            st.primary = r.primary();
+            st.active = r.is_active();
+            st.executed_seq = r.last_executed();
+            st.stable_seq = r.stable_checkpoint();
+            st.epoch = r.membership().epoch();
+            st.membership = Some(r.membership().config().clone());
+            st.evidence_count = r.counters().evidence;
+        }
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    fn fault_drop_outbound(&self, _to: u32) -> bool {
+        false
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    fn fault_drop_inbound(&self) -> bool {
+        false
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    fn fault_extra(&self, _envelope: &Bytes) {}
+
+    #[cfg(feature = "fault-injection")]
+    fn fault_drop_outbound(&self, to: u32) -> bool {
+        self.shared.faults.silent || self.shared.faults.drop_to.contains(&to)
+    }
+    #[cfg(feature = "fault-injection")]
+    fn fault_drop_inbound(&self) -> bool {
+        self.shared.faults.silent
+    }
+    #[cfg(feature = "fault-injection")]
+    fn fault_extra(&self, envelope: &Bytes) {
+        for extra in self.shared.faults.extra_for(&self.key, envelope) {
+            let ids: Vec<u32> = self.shared.peers.lock().map(|p| p.keys().copied().collect()).unwrap_or_default();
+            for id in ids {
+                if let Some(q) = self.shared.peers.lock().ok().and_then(|p| p.get(&id).cloned()) {
+                    q.push(extra.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Creates (or re-addresses) the outbound queue and stream of every other member.
+fn start_peers(shared: &Arc<Shared>, me: u32, members: &[crate::proto::Member]) {
+    let Ok(mut peers) = shared.peers.lock() else { return };
+    let max = shared.max_message_bytes.load(Ordering::Relaxed);
+    for m in members.iter().filter(|m| m.id != me) {
+        match peers.get(&m.id) {
+            Some(q) => {
+                if let Ok(mut a) = q.address.lock() {
+                    if *a != m.address {
+                        *a = m.address.clone();
+                    }
+                }
+            }
+            None => {
+                let q = PeerQueue::new(m.id, m.address.clone(), shared.settings.peer_queue_bytes as usize);
+                peers.insert(m.id, q.clone());
+                tokio::spawn(run_peer(me, q, max, shared.shutdown.clone()));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- startup
+
+/// Memory limit (cgroup or default) and the sampler's source of usage.
+fn memory_limit(settings: &Settings) -> (u64, Option<CgroupFiles>, bool) {
+    let files = CgroupFiles::detect();
+    match files.as_ref().and_then(|f| f.limit()) {
+        Some(l) => (l, files, true),
+        None => (settings.default_memory_limit, files, false),
+    }
+}
+
+fn usage(files: &Option<CgroupFiles>, from_cgroup: bool) -> u64 {
+    if from_cgroup {
+        if let Some(u) = files.as_ref().and_then(|f| f.usage()) {
+            return u;
+        }
+    }
+    cgroup::process_rss().unwrap_or(0)
+}
+
+/// The core's configuration from the settings and the memory budget.
+pub fn core_config(settings: &Settings, id: u32, n: usize, budget: usize) -> Config {
+    let mut cfg = Config::with_budget(id, n, budget);
+    if let Some(k) = settings.checkpoint_interval {
+        cfg.checkpoint_interval = k;
+        cfg.watermark_window = 2 * k;
+    }
+    if let Some(t) = settings.view_change_timeout_ms {
+        cfg.view_change_timeout_ms = t;
+        cfg.max_view_change_timeout_ms = cfg.max_view_change_timeout_ms.max(t * 16);
+    }
+    if let Some(b) = settings.batch_size {
+        cfg.max_batch_requests = b as usize;
+    }
+    cfg.derive_limits(n, budget);
+    cfg
+}
+
+fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(d) = path.parent() {
+        std::fs::File::open(d)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Builds the replica from the write-ahead log (or fresh) and starts the driver.
+async fn start_replica(shared: Arc<Shared>, key: Keypair, file: MembershipFile) -> Result<(), ServerError> {
+    let s = &shared.settings;
+    let path = &s.membership_file;
+    let id = file.id_of(&key.public_bytes()).ok_or(ServerError::NotMember)?;
+    if let Some(want) = s.id {
+        if want != id {
+            return Err(ServerError::IdMismatch { configured: want, file: id });
+        }
+    }
+    let wal_dir = s.data_dir.join("wal");
+    let genesis_path = s.data_dir.join("genesis.json");
+    let t0 = Instant::now();
+    let opened = Wal::open(&wal_dir)?;
+    let (limit, _, _) = memory_limit(s);
+    let budget = (limit / 100 * s.budget_percent) as usize;
+    let current = file.to_membership(path)?;
+    let (genesis, fresh): (Membership, bool) = if opened.records.is_empty() || !genesis_path.exists() {
+        let json = serde_json::to_vec_pretty(&file).map_err(|e| ServerError::Genesis(e.to_string()))?;
+        write_atomically(&genesis_path, &json)
+            .map_err(|source| ServerError::Io { path: genesis_path.clone(), source })?;
+        (current, true)
+    } else {
+        let g = MembershipFile::read(&genesis_path)?;
+        (g.to_membership(&genesis_path)?, false)
+    };
+    let cfg = core_config(s, id, genesis.n(), budget);
+    cfg.validate(&genesis).map_err(|e| ServerError::Core(e.to_string()))?;
+    shared.max_message_bytes.store(cfg.max_message_bytes, Ordering::Relaxed);
+    shared.max_request_bytes.store(cfg.max_request_bytes + 1024, Ordering::Relaxed);
+    shared.metrics.memory_budget.set(budget as i64);
+    let verifier = Box::new(Ed25519Verifier::default());
+    let members = genesis.members().to_vec();
+    let n_records = opened.records.len();
+    let (replica, initial) = if fresh && n_records == 0 {
+        if genesis.epoch() > 0 {
+            tracing::info!(id, epoch = genesis.epoch(), "joining a running cluster (state transfer)");
+            Replica::join(cfg, key.clone(), genesis, verifier).map_err(|e| ServerError::Core(e.to_string()))?
+        } else {
+            Replica::new(cfg, key.clone(), genesis, verifier).map_err(|e| ServerError::Core(e.to_string()))?
+        }
+    } else {
+        Replica::recover(cfg, key.clone(), genesis, verifier, &opened.records)
+            .map_err(|e| ServerError::Core(e.to_string()))?
+    };
+    tracing::info!(
+        id,
+        records = n_records,
+        truncated_bytes = opened.truncated_bytes,
+        executed = replica.last_executed(),
+        view = replica.view(),
+        recovery_ms = t0.elapsed().as_millis() as u64,
+        budget_bytes = budget,
+        "replica started"
+    );
+    let _ = shared.id.set(id);
+    let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
+    let members_now = replica.membership().members().to_vec();
+    let driver = Driver {
+        shared: shared.clone(),
+        replica,
+        wal: opened.wal,
+        tx: tx.clone(),
+        waiters: HashMap::new(),
+        evidence_log: s.data_dir.join("evidence.jsonl"),
+        verifications: 0,
+        fsyncs: 0,
+        #[cfg(feature = "fault-injection")]
+        key: key.clone(),
+    };
+    let _ = shared.input.set(tx);
+    start_peers(&shared, id, if members_now.is_empty() { &members } else { &members_now });
+    let sh = shared.clone();
+    tokio::spawn(async move {
+        if let Err(e) = driver.run(rx, initial).await {
+            tracing::error!("write-ahead log failed, stopping: {e}");
+            eprintln!("pbft-replica: write-ahead log failed: {e}");
+            std::process::exit(3);
+        }
+        let _ = sh.driver_done.send(true);
+    });
+    Ok(())
+}
+
+/// Re-reads the membership file every second; starts the replica once it names this key,
+/// and keeps peer addresses current.
+async fn watch_membership(shared: Arc<Shared>, key: Keypair) {
+    let mut last_err = String::new();
+    let mut started = false;
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let path = shared.settings.membership_file.clone();
+        let read: Result<MembershipFile, MembershipFileError> = MembershipFile::read(&path);
+        match read {
+            Ok(file) => {
+                if !started && file.id_of(&key.public_bytes()).is_some() {
+                    match start_replica(shared.clone(), key.clone(), file.clone()).await {
+                        Ok(()) => started = true,
+                        Err(e) => {
+                            let msg = e.to_string();
+                            if msg != last_err {
+                                tracing::error!("cannot start consensus yet: {msg}");
+                                last_err = msg;
+                            }
+                        }
+                    }
+                } else if !started {
+                    let msg = format!("membership file {} does not name this replica's key yet", path.display());
+                    if msg != last_err {
+                        tracing::info!("{msg}; waiting");
+                        last_err = msg;
+                    }
+                } else if let Some(id) = shared.id.get() {
+                    // Addresses may move (new pod IPs); keys and epochs change only through consensus.
+                    let members: Vec<crate::proto::Member> = file
+                        .members
+                        .iter()
+                        .map(|m| crate::proto::Member {
+                            id: m.id,
+                            public_key: Bytes::new(),
+                            address: m.address.clone(),
+                        })
+                        .collect();
+                    let known: Vec<u32> = shared.peers.lock().map(|p| p.keys().copied().collect()).unwrap_or_default();
+                    let moved: Vec<_> = members.into_iter().filter(|m| known.contains(&m.id)).collect();
+                    start_peers(&shared, *id, &moved);
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if msg != last_err {
+                    tracing::info!("waiting for the membership: {msg}");
+                    last_err = msg;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn http(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+    use axum::{extract::State, http::StatusCode, routing::get, Router};
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(s): State<Arc<Shared>>| async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    s.metrics.encode(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<Arc<Shared>>| async move {
+                if s.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }),
+        )
+        .with_state(shared.clone());
+    let mut shutdown = shared.shutdown.clone();
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Bound listeners' actual addresses (port 0 resolved).
+#[derive(Clone, Debug)]
+pub struct Bound {
+    pub peer: SocketAddr,
+    pub client: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub public_key: [u8; 32],
+}
+
+/// Runs one replica until `shutdown` turns true; returns once flushed.
+pub async fn run(
+    settings: Settings,
+    shutdown: watch::Receiver<bool>,
+    on_bound: Option<oneshot::Sender<Bound>>,
+) -> Result<(), ServerError> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|source| ServerError::Io { path: settings.data_dir.clone(), source })?;
+    let key_path = settings.key_file.clone().unwrap_or_else(|| settings.data_dir.join("replica.key"));
+    let (key, generated) =
+        if settings.key_file.is_some() { (keys::load(&key_path)?, false) } else { keys::load_or_generate(&key_path)? };
+    let public_hex = hex::encode(key.public_bytes());
+    let pub_path = settings.data_dir.join("replica.pub");
+    write_atomically(&pub_path, format!("{public_hex}\n").as_bytes())
+        .map_err(|source| ServerError::Io { path: pub_path, source })?;
+    tracing::info!(public_key = %public_hex, generated, key_file = %key_path.display(), "replica identity");
+
+    let (limit, files, from_cgroup) = memory_limit(&settings);
+    let listeners = (
+        bind(settings.peer_listen).await?,
+        bind(settings.client_listen).await?,
+        bind(settings.admin_listen).await?,
+        bind(settings.metrics_listen).await?,
+    );
+    let local = |l: &tokio::net::TcpListener, a: SocketAddr| l.local_addr().unwrap_or(a);
+    let bound = Bound {
+        peer: local(&listeners.0, settings.peer_listen),
+        client: local(&listeners.1, settings.client_listen),
+        admin: local(&listeners.2, settings.admin_listen),
+        metrics: local(&listeners.3, settings.metrics_listen),
+        public_key: key.public_bytes(),
+    };
+    let (driver_done, mut driver_done_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        public_key: key.public_bytes(),
+        id: OnceLock::new(),
+        input: OnceLock::new(),
+        inbound_bytes: AtomicUsize::new(0),
+        inbound_cap: (limit / 100 * 10) as usize,
+        max_message_bytes: AtomicUsize::new(4 << 20),
+        max_request_bytes: AtomicUsize::new(128 << 10),
+        status: Mutex::new(StatusReply::default()),
+        evidence: Mutex::new(vec![]),
+        peers: Mutex::new(HashMap::new()),
+        metrics: Metrics::new(),
+        memory_used: AtomicU64::new(0),
+        memory_limit: AtomicU64::new(limit),
+        shutting_down: AtomicBool::new(false),
+        client_calls: Arc::new(Semaphore::new(settings.max_client_calls as usize)),
+        ready: AtomicBool::new(false),
+        shutdown: shutdown.clone(),
+        driver_done,
+        #[cfg(feature = "fault-injection")]
+        faults: crate::server::faults::Faults::from_env(),
+        settings,
+    });
+    shared.metrics.memory_limit.set(limit as i64);
+    tracing::info!(limit_bytes = limit, from_cgroup, shed_percent = shared.settings.shed_percent, "memory limit");
+
+    // Memory sampler.
+    {
+        let s = shared.clone();
+        let mut sd = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let u = usage(&files, from_cgroup);
+                s.memory_used.store(u, Ordering::Relaxed);
+                s.metrics.memory_used.set(u as i64);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = sd.changed() => return,
+                }
+            }
+        });
+    }
+
+    // gRPC: peers port serves all services; client port client+admin; admin port admin.
+    let max_in = 64 << 20;
+    let peer_svc = || PeerServer::new(PeerSvc(shared.clone())).max_decoding_message_size(max_in);
+    let client_svc = || {
+        ClientServer::new(ClientSvc(shared.clone()))
+            .max_decoding_message_size(1 << 20)
+            .max_encoding_message_size(1 << 20)
+    };
+    let admin_svc = || AdminServer::new(AdminSvc(shared.clone())).max_encoding_message_size(64 << 20);
+    let serve = |router: tonic::transport::server::Router, l: tokio::net::TcpListener| {
+        let mut sd = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio_stream::StreamExt as _;
+            // Server::tcp_nodelay applies only to listeners tonic binds itself.
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l).map(|s| {
+                if let Ok(s) = &s {
+                    let _ = s.set_nodelay(true);
+                }
+                s
+            });
+            let r = router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = sd.changed().await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!("gRPC server stopped: {e}");
+            }
+        })
+    };
+    let builder = || {
+        tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(1024)
+            .max_concurrent_streams(Some(1024))
+            .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(3600))
+    };
+    let (lp, lc, la, lm) = listeners;
+    let servers = [
+        serve(builder().add_service(peer_svc()).add_service(client_svc()).add_service(admin_svc()), lp),
+        serve(builder().add_service(client_svc()).add_service(admin_svc()), lc),
+        serve(builder().add_service(admin_svc()), la),
+        tokio::spawn(http(shared.clone(), lm)),
+    ];
+    tracing::info!(peer = %bound.peer, client = %bound.client, admin = %bound.admin, metrics = %bound.metrics, "listening");
+    if let Some(tx) = on_bound {
+        let _ = tx.send(bound);
+    }
+    tokio::spawn(watch_membership(shared.clone(), key));
+
+    let mut sd = shutdown.clone();
+    let _ = sd.wait_for(|v| *v).await;
+    let t0 = Instant::now();
+    shared.shutting_down.store(true, Ordering::Relaxed);
+    if shared.input.get().is_some() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), driver_done_rx.wait_for(|v| *v)).await;
+    }
+    // Servers get a short grace period; open peer streams end on the shutdown signal.
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        for s in servers {
+            let _ = s.await;
+        }
+    })
+    .await;
+    tracing::info!(shutdown_ms = t0.elapsed().as_secs_f64() * 1000.0, "stopped: log flushed, streams closed");
+    Ok(())
+}
