@@ -41,6 +41,9 @@ else
   e2e/cluster.sh up
   step "Kubernetes test bed: smoke test"
   e2e/cluster.sh smoke
+  step "ConsensusCluster CRD admission on the real apiserver"
+  PBFT_E2E_KUBECONFIG="$(e2e/cluster.sh kubeconfig)" \
+    PBFT_OPERATOR_BIN="${CARGO_TARGET_DIR:-target}/release/pbft-operator" operator/tests/crd-admission.sh
 fi
 
 step "all tests passed in $(( $(date +%s) - started ))s"
