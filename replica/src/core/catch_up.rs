@@ -210,6 +210,9 @@ impl Replica {
             if let Some(vc) = self.view_changes.get(&self.cfg.id).map(|v| v.env.clone()) {
                 self.broadcast(&vc);
             }
+            // The view may already be installed elsewhere: the answers relay its NEW-VIEW.
+            let from = self.state.seq + 1;
+            self.request_state(from);
             return;
         }
         if !stuck {

@@ -251,6 +251,9 @@ pub enum PersistRecord {
     /// restarted replica still carries it into view changes: a request that
     /// committed can then never be replaced by another in a later view.
     Prepared { view: u64, seq: u64, pre_prepare: Envelope, requests: Vec<Bytes>, prepares: Vec<Envelope> },
+    /// A NEW-VIEW this replica entered (sent or accepted), so that after a
+    /// restart it can rebuild the view's log and hand the NEW-VIEW to others.
+    NewView(Envelope),
     /// A committed batch (before it is executed).
     Committed { seq: u64, view: u64, batch: Batch },
     /// A stable checkpoint: the state snapshot and its proof. Records before
@@ -700,6 +703,48 @@ impl Replica {
         if !r.active {
             // Re-enter the view change: the guard hands back the very message signed before.
             r.start_view_change(max_view);
+        } else if max_view > 0 {
+            // Rebuild the view from the NEW-VIEW it entered (the guard makes
+            // every vote it re-signs identical to the one before).
+            let nv = records.iter().rev().find_map(|rec| match rec {
+                PersistRecord::NewView(env) => Message::decode(env.payload.as_ref()).ok().and_then(|m| match m.body {
+                    Some(Body::NewView(nv)) if nv.view == max_view && m.epoch == r.membership.epoch() => {
+                        Some((env.clone(), m.sender, nv))
+                    }
+                    _ => None,
+                }),
+                _ => None,
+            });
+            if let Some((env, sender, nv)) = nv {
+                r.view = max_view.saturating_sub(1);
+                r.active = false;
+                r.on_new_view(env, sender, nv);
+            }
+        }
+        // The primary's own pre-prepares of its view, with their batches.
+        if r.active && r.membership.primary(r.view) == r.cfg.id {
+            for rec in records {
+                let PersistRecord::Signed(env) = rec else { continue };
+                let Ok(msg) = Message::decode(env.payload.as_ref()) else { continue };
+                let Some(Body::PrePrepare(pp)) = msg.body else { continue };
+                let Some(batch) = pp.batch else { continue };
+                let in_window = pp.seq > r.stable.seq && pp.seq <= r.stable.seq + r.cfg.watermark_window;
+                if msg.epoch != r.membership.epoch() || pp.view != r.view || !in_window || r.slots.contains_key(&pp.seq)
+                {
+                    continue;
+                }
+                let Some(digest) = digest_of(&pp.digest) else { continue };
+                let size = env_size(env) + batch.requests.iter().map(|x| x.len()).sum::<usize>();
+                let charge = r.ledger.charge(Category::Log, Some(r.cfg.id), size);
+                r.set_pre_prepare(
+                    pp.seq,
+                    SlotPrePrepare { env: env.clone(), digest, requests: batch.requests, charge },
+                );
+            }
+            let seqs: Vec<u64> = r.slots.keys().copied().collect();
+            for s in seqs {
+                r.check_slot(s);
+            }
         }
         r.prune_signed();
         r.arm_retransmit();
@@ -1030,18 +1075,12 @@ impl Replica {
             self.arm_request_timer();
             return;
         }
-        // Move to the lowest higher view another replica already asked for,
-        // so replicas whose views drifted apart meet again instead of chasing
-        // each other. With nobody ahead, a replica gives up on its view only
-        // once a quorum reached it (its primary had its chance); otherwise it
-        // waits there for the others.
-        let higher = self
-            .view_changes
-            .iter()
-            .filter(|(r, v)| **r != self.cfg.id && v.view > self.view)
-            .map(|(_, v)| v.view)
-            .min();
-        if !self.active && higher.is_none() {
+        // A replica gives up on its view only once a quorum reached it (its
+        // primary had its chance); otherwise it waits there, so the others
+        // catch up instead of chasing it. Byzantine replicas alone (f of
+        // them) cannot make it move on. A higher view that f+1 replicas
+        // asked for (one of them honest) is joined directly.
+        if !self.active {
             let here = self.view_changes.values().filter(|v| v.view >= self.view).count();
             if here < self.membership.quorum() {
                 if let Some(vc) = self.view_changes.get(&self.cfg.id).map(|v| v.env.clone()) {
@@ -1052,7 +1091,14 @@ impl Replica {
             }
         }
         self.failed_views = self.failed_views.saturating_add(1);
-        let next = higher.unwrap_or(self.view.saturating_add(1));
+        let mut above: Vec<u64> = self
+            .view_changes
+            .iter()
+            .filter(|(r, v)| **r != self.cfg.id && v.view > self.view)
+            .map(|(_, v)| v.view)
+            .collect();
+        above.sort_unstable();
+        let next = if above.len() >= self.membership.weak_quorum() { above[0] } else { self.view.saturating_add(1) };
         self.start_view_change(next);
     }
 }

@@ -37,6 +37,12 @@ impl Replica {
             if self.retired {
                 return;
             }
+            // An earlier message of this batch may have moved the window or the
+            // view (a checkpoint became stable, a new view began).
+            if !self.still_admissible(&c.msg) {
+                self.counters.dropped_out_of_window += 1;
+                continue;
+            }
             self.dispatch(c.env, c.msg);
         }
     }
@@ -140,7 +146,9 @@ impl Replica {
             }
             Body::NewView(n) => {
                 n.view <= self.view.saturating_add(MAX_VIEW_AHEAD)
-                    && (n.view > self.view || (n.view == self.view && !self.active))
+                    && (n.view > self.view
+                        || (n.view == self.view
+                            && (!self.active || self.new_view.as_ref().is_none_or(|(v, _, _)| *v != n.view))))
                     && self.membership.primary(n.view) == msg.sender
             }
             Body::StateRequest(_) | Body::StateResponse(_) => true,
@@ -151,6 +159,18 @@ impl Replica {
             return None;
         }
         Some(Candidate { env, msg, key })
+    }
+
+    /// Whether a vote admitted by [`Self::prefilter`] still belongs to the
+    /// current view and window.
+    fn still_admissible(&self, msg: &Message) -> bool {
+        let (view, seq) = match &msg.body {
+            Some(Body::PrePrepare(p)) => (p.view, p.seq),
+            Some(Body::Prepare(p)) => (p.view, p.seq),
+            Some(Body::Commit(c)) => (c.view, c.seq),
+            _ => return true,
+        };
+        self.active && view == self.view && seq > self.stable.seq && seq <= self.stable.seq + self.cfg.watermark_window
     }
 
     /// Keeps a vote for a view we are about to enter.

@@ -437,6 +437,7 @@ impl Replica {
         pre_prepares: Vec<Envelope>,
     ) {
         let primary = self.membership.primary(view);
+        self.out.push(Action::Persist(PersistRecord::NewView(env.clone())));
         self.view = view;
         self.active = true;
         for (_, slot) in std::mem::take(&mut self.slots) {

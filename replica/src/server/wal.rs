@@ -69,6 +69,7 @@ pub fn encode(rec: &PersistRecord) -> Vec<u8> {
             Kind::Committed(WalCommitted { seq, view, batch: Some(batch) })
         }
         PersistRecord::Checkpoint { seq, snapshot, proof } => Kind::Checkpoint(WalCheckpoint { seq, snapshot, proof }),
+        PersistRecord::NewView(env) => Kind::NewView(env),
     };
     WalRecord { kind: Some(kind) }.encode_to_vec()
 }
@@ -87,6 +88,7 @@ pub fn decode(bytes: &[u8]) -> Option<PersistRecord> {
         },
         Kind::Committed(c) => PersistRecord::Committed { seq: c.seq, view: c.view, batch: c.batch? },
         Kind::Checkpoint(c) => PersistRecord::Checkpoint { seq: c.seq, snapshot: c.snapshot, proof: c.proof },
+        Kind::NewView(env) => PersistRecord::NewView(env),
     })
 }
 
@@ -252,10 +254,14 @@ pub fn retain(records: Vec<PersistRecord>, stable: u64) -> Vec<PersistRecord> {
                     Some(Body::Prepare(p)) => vote(p.seq, p.view),
                     Some(Body::Commit(p)) => vote(p.seq, p.view),
                     Some(Body::Checkpoint(c)) => c.seq >= stable,
-                    Some(Body::ViewChange(v)) => v.new_view + 16 >= max_view,
-                    Some(Body::NewView(v)) => v.view + 16 >= max_view,
+                    Some(Body::ViewChange(v)) => v.new_view.saturating_add(16) >= max_view,
+                    Some(Body::NewView(v)) => v.view.saturating_add(16) >= max_view,
                     _ => false,
                 },
+                Err(_) => false,
+            },
+            PersistRecord::NewView(env) => match Message::decode(env.payload.as_ref()) {
+                Ok(m) => matches!(&m.body, Some(Body::NewView(v)) if v.view.saturating_add(16) >= max_view),
                 Err(_) => false,
             },
         };
