@@ -25,10 +25,15 @@ struct Cluster {
     ports: Vec<[u16; 4]>,
     children: Vec<Option<Child>>,
     membership: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
     fn new(tag: &str, n: u32) -> Cluster {
+        Cluster::with_env(tag, n, &[])
+    }
+
+    fn with_env(tag: &str, n: u32, env: &[(&str, &str)]) -> Cluster {
         let dir = std::env::temp_dir().join(format!("pbft-it-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -51,7 +56,8 @@ impl Cluster {
         let file = MembershipFile { epoch: 0, admin_key: hex::encode(admin.public_bytes()), members };
         let membership = dir.join("membership.yaml");
         std::fs::write(&membership, serde_yaml::to_string(&file).unwrap()).unwrap();
-        let mut c = Cluster { dir, ports, children: (0..n).map(|_| None).collect(), membership };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut c = Cluster { dir, ports, children: (0..n).map(|_| None).collect(), membership, env };
         for i in 0..n {
             c.start(i);
         }
@@ -73,6 +79,7 @@ impl Cluster {
             .args(["--metrics-listen", &format!("127.0.0.1:{}", p[3])])
             .args(["--view-change-timeout-ms", "500", "--checkpoint-interval", "16"])
             .env("PBFT_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -102,6 +109,10 @@ impl Cluster {
         let _ = c.kill();
         let _ = c.wait();
         panic!("replica {i} did not exit within 5 s of SIGTERM");
+    }
+
+    fn pid(&self, i: u32) -> Option<u32> {
+        self.children[i as usize].as_ref().map(|c| c.id())
     }
 
     fn alive(&mut self, i: u32) -> bool {
@@ -356,4 +367,98 @@ async fn garbage_on_every_port_changes_nothing() {
     check_all(&cluster, &[("before".into(), "1".into()), ("after".into(), "2".into())]).await;
     let ex = cluster.executed().await;
     assert!(ex.values().all(|(_, v)| *v == 0), "garbage caused a view change: {ex:?}");
+}
+
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+const FLOOD_LIMIT: u64 = 64 << 20;
+
+/// 300 clients writing 2 kB values for 6 s against replicas assuming a 64 MiB
+/// limit: every replica stays alive and its peak RSS under the limit (how
+/// many requests were shed depends on the machine's speed, so it is printed,
+/// not asserted).
+async fn flood(tag: &str) -> Cluster {
+    let limit = FLOOD_LIMIT.to_string();
+    let mut cluster = Cluster::with_env(tag, 4, &[("PBFT_DEFAULT_MEMORY_LIMIT", &limit)]);
+    cluster.wait_ready(&[0, 1, 2, 3], Duration::from_secs(20)).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let value = vec![b'x'; 2000];
+    let handles: Vec<_> = (0..300)
+        .map(|c| {
+            let mut cl = cluster.client();
+            cl.timeout = Duration::from_secs(3);
+            let (stop, value) = (stop.clone(), value.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = cl.put(format!("flood-{c}-{i}").as_bytes(), &value).await;
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in handles {
+        let _ = h.await;
+    }
+    let mut shed = 0.0;
+    for (i, p) in cluster.ports.clone().iter().enumerate() {
+        assert!(cluster.alive(i as u32), "replica {i} died under the flood");
+        let peak = peak_rss(cluster.pid(i as u32).unwrap_or(0));
+        eprintln!(
+            "MEASURE flood: replica {i} peak RSS {:.1} MiB, limit {} MiB",
+            peak as f64 / 1048576.0,
+            FLOOD_LIMIT >> 20
+        );
+        assert!(peak < FLOOD_LIMIT, "replica {i} peaked at {peak} bytes, over the limit {FLOOD_LIMIT}");
+        let text = http_get(p[3], "/metrics").await;
+        shed += text
+            .lines()
+            .filter(|l| l.starts_with("pbft_shed_requests_total"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    eprintln!("MEASURE flood: {shed} requests shed with RESOURCE_EXHAUSTED");
+    cluster
+}
+
+/// Known problem: the peak stayed under 64 MiB in three runs (48-61 MiB) but
+/// reached 70.4 MiB in a fourth; the 100 ms usage sampler and unaccounted
+/// per-call buffers let a burst overshoot such a small limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known failure: peak RSS can overshoot a 64 MiB limit under this flood; see the doc comment"]
+async fn client_flood_is_shed_within_the_memory_limit() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    flood("flood").await;
+}
+
+/// Known problem: after this flood (on a loaded 2-core machine, 500 ms base
+/// view-change timeout) the replicas kept changing views for 20 s+ without
+/// converging; not yet diagnosed (transport drops vs. core).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known failure: views do not converge after the client flood; see the doc comment"]
+async fn cluster_serves_again_after_a_client_flood() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = flood("flood-live").await;
+    let mut cl = cluster.client();
+    cl.timeout = Duration::from_secs(60);
+    cl.put(b"after-flood", b"ok").await.expect("write after the flood");
+}
+
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return String::new() };
+    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
 }
