@@ -331,6 +331,8 @@ pub struct ProtocolSpec {
     pub checkpoint_interval: i32,
     /// L: how far above the last stable checkpoint sequence numbers are
     /// accepted. A multiple of checkpointInterval, at least twice it. Default 128.
+    /// (The replica server currently always uses 2 x checkpointInterval; other
+    /// values take effect once it accepts a watermark-window setting.)
     #[serde(default = "default_watermark_window")]
     #[schemars(range(min = 2, max = 1048576))]
     pub watermark_window: i32,

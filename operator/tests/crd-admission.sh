@@ -11,7 +11,9 @@
 #   sudo e2e/testbed/down.sh
 #
 # Environment: KUBECONFIG (or PBFT_E2E_KUBECONFIG, which wins), KUBECTL
-# (default: kubectl on PATH, else the test bed's). Works in a throw-away
+# (default: kubectl on PATH, else the test bed's), PBFT_OPERATOR_BIN (default:
+# $CARGO_TARGET_DIR or target/ release/pbft-operator; used to render the
+# examples' objects and dry-run them; skipped when absent). Works in a throw-away
 # namespace that it deletes; deletes the CRD afterwards only if it installed
 # it (PBFT_KEEP_CRD=1 keeps it).
 set -euo pipefail
@@ -182,6 +184,43 @@ reject add-storage '  faultTolerance: 1
 accept scale-and-resize-memory '  faultTolerance: 3
   resources: {limits: {memory: 512Mi}}'
 obj=""
+
+echo "== sample manifests (operator/examples)"
+for f in "$here"/../examples/*.yaml; do
+  if out=$(k apply --dry-run=server -n "$ns" -f "$f" 2>&1); then
+    result PASS "example $(basename "$f")" "accepted"
+  else
+    result FAIL "example $(basename "$f")" "expected acceptance, got: $out"
+  fi
+done
+
+echo "== objects the builders make, checked by the apiserver (dry-run create)"
+bin=${PBFT_OPERATOR_BIN:-}
+if [[ -z $bin ]]; then
+  for b in "${CARGO_TARGET_DIR:-$here/../../target}/release/pbft-operator" "$here/../../target/release/pbft-operator"; do
+    [[ -x $b ]] && { bin=$b; break; }
+  done
+fi
+if [[ -z $bin ]]; then
+  echo "SKIP  rendered objects: no pbft-operator binary (set PBFT_OPERATOR_BIN or build it)"
+else
+  for f in "$here"/../examples/*.yaml; do
+    if ! objs=$("$bin" render --file "$f" --namespace "$ns" 2>&1); then
+      result FAIL "render $(basename "$f")" "$objs"
+      continue
+    fi
+    n=$(grep -c '^kind:' <<<"$objs" || true)
+    # A dry-run ServiceAccount is not stored, and pod admission looks the
+    # account up: create it for real (the namespace is thrown away).
+    sa=$(awk '/^kind: ServiceAccount/{f=1} f && /^  name: /{print $2; exit}' <<<"$objs")
+    [[ -n $sa ]] && k create serviceaccount "$sa" -n "$ns" >/dev/null 2>&1
+    if out=$(k apply --dry-run=server -n "$ns" -f - <<<"$objs" 2>&1); then
+      result PASS "render $(basename "$f")" "$n objects accepted"
+    else
+      result FAIL "render $(basename "$f")" "apiserver refused: $out"
+    fi
+  done
+fi
 
 echo "== defaults filled in by the apiserver"
 out=$(k get consensuscluster stored-ephemeral -n "$ns" -o jsonpath='{.spec.resources.limits.memory} {.spec.protocol.checkpointInterval} {.spec.protocol.watermarkWindow} {.spec.protocol.viewChangeTimeout} {.spec.quarantine.mode} {.spec.memorySoftLimitPercent} {.spec.placement.podAntiAffinity} {.spec.imagePullPolicy}' 2>&1)

@@ -63,7 +63,9 @@ fn field_env(name: &str, path: &str) -> EnvVar {
     }
 }
 
-/// The replica's command-line arguments (after the `pbft-replica` command).
+/// The replica's command-line arguments (after the `pbft-replica` command),
+/// as `replica/src/server/config.rs` defines them. `protocol.watermarkWindow`
+/// has no flag yet: the replica server derives L = 2 x checkpointInterval.
 pub fn replica_args(cluster: &ValidatedCluster, id: u32) -> Vec<String> {
     let p = &cluster.spec.protocol;
     [
@@ -76,9 +78,8 @@ pub fn replica_args(cluster: &ValidatedCluster, id: u32) -> Vec<String> {
         ("--metrics-listen", format!("0.0.0.0:{METRICS_PORT}")),
         ("--batch-size", p.batch_size.to_string()),
         ("--checkpoint-interval", p.checkpoint_interval.to_string()),
-        ("--watermark-window", p.watermark_window.to_string()),
-        ("--view-change-timeout", p.view_change_timeout.clone()),
-        ("--memory-soft-limit-percent", cluster.spec.memory_soft_limit_percent.to_string()),
+        ("--view-change-timeout-ms", cluster.view_change_timeout_ms.to_string()),
+        ("--shed-percent", cluster.spec.memory_soft_limit_percent.to_string()),
     ]
     .into_iter()
     .flat_map(|(flag, value)| [flag.to_string(), value])

@@ -108,6 +108,24 @@ pub fn process_rss() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// Hands freed heap pages back to the kernel. glibc keeps freed memory in
+/// its arenas, so after a flood the RSS (or cgroup usage) would stay above
+/// the shedding threshold although the buffers were released; the memory
+/// sampler calls this while usage is above the threshold. A no-op on other
+/// C libraries (musl returns memory on its own).
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::os::raw::c_int;
+        }
+        // SAFETY: malloc_trim only walks glibc's own arenas; it takes no pointers from us.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -877,8 +877,14 @@ pub async fn run(
         let s = shared.clone();
         let mut sd = shutdown.clone();
         tokio::spawn(async move {
+            let mut last_trim = Instant::now();
             loop {
-                let u = usage(&files, from_cgroup);
+                let mut u = usage(&files, from_cgroup);
+                if u > s.shed_threshold() && last_trim.elapsed() >= Duration::from_millis(500) {
+                    cgroup::release_free_heap();
+                    last_trim = Instant::now();
+                    u = usage(&files, from_cgroup);
+                }
                 s.memory_used.store(u, Ordering::Relaxed);
                 s.metrics.memory_used.set(u as i64);
                 tokio::select! {
