@@ -18,6 +18,8 @@ The cluster is up. Look around:
   kubectl get nodes,pods -A
 Tear it down with: make down
 
-Not yet here: the operator and a sample ConsensusCluster (issues 3, 5 and 6).
-Meanwhile the protocol runs in the simulator: target/release/pbft-sim --seeds 200
+Not yet here: the operator's reconciler and a sample ConsensusCluster (issues 5 and 6).
+Meanwhile a replica cluster runs locally:
+  target/release/pbft-replica dev --replicas 4 --dir /tmp/pbft-dev
+  target/release/pbftctl --membership /tmp/pbft-dev/membership.yaml put k v
 MSG
