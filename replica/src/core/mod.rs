@@ -666,7 +666,8 @@ impl Replica {
         let mut in_view_change_for: Option<u64> = None;
         let mut normal_in: BTreeSet<u64> = BTreeSet::new();
         for rec in records {
-            let PersistRecord::Signed(env) = rec else { continue };
+            // What it signed, and the NEW-VIEWs it entered (its own included).
+            let (PersistRecord::Signed(env) | PersistRecord::NewView(env)) = rec else { continue };
             let Ok(msg) = Message::decode(env.payload.as_ref()) else { continue };
             if msg.epoch != r.membership.epoch() {
                 continue;
@@ -977,11 +978,8 @@ impl Replica {
             self.out.push(Action::Persist(PersistRecord::Signed(env.clone())));
             return Some(env);
         }
-        let env = self.key.seal(&msg);
-        if matches!(msg.body, Some(Body::NewView(_))) {
-            self.out.push(Action::Persist(PersistRecord::Signed(env.clone())));
-        }
-        Some(env)
+        // A NEW-VIEW is persisted by `install_new_view`, before it is sent.
+        Some(self.key.seal(&msg))
     }
 
     fn broadcast(&mut self, env: &Envelope) {

@@ -356,8 +356,9 @@ impl Replica {
             pre_prepares: pre_prepares.clone(),
         };
         let Some(env) = self.sign(Body::NewView(nv)) else { return };
+        // Installing persists the NEW-VIEW; only then is it sent.
+        self.install_new_view(view, env.clone(), plan, pre_prepares);
         self.broadcast(&env);
-        self.install_new_view(view, env, plan, pre_prepares);
     }
 
     pub(super) fn on_new_view(&mut self, env: Envelope, sender: ReplicaId, nv: NewView) {

@@ -206,7 +206,7 @@ impl Byzantine {
                         _ => Body::StateRequest(StateRequest { min_seq: 0 }),
                     };
                     let msg = Message { epoch, sender: self.id, body: Some(body) };
-                    out.push(ByzOut::To(pick(rng), self.key.seal(&msg).encode_to_vec().into()));
+                    out.push(ByzOut::To(pick(rng), self.sealed(&msg)));
                 }
                 // A view change for the next view with a bogus prepared certificate.
                 let bogus = Message {
@@ -223,7 +223,7 @@ impl Byzantine {
                         }],
                     })),
                 };
-                out.push(ByzOut::To(pick(rng), self.key.seal(&bogus).encode_to_vec().into()));
+                out.push(ByzOut::To(pick(rng), self.sealed(&bogus)));
                 let nv = Message {
                     epoch,
                     sender: self.id,
@@ -233,7 +233,7 @@ impl Byzantine {
                         pre_prepares: vec![],
                     })),
                 };
-                out.push(ByzOut::To(pick(rng), self.key.seal(&nv).encode_to_vec().into()));
+                out.push(ByzOut::To(pick(rng), self.sealed(&nv)));
             }
             Strategy::Garbage => {
                 let mut junk = vec![0u8; rng.gen_range(0..512)];
@@ -341,7 +341,12 @@ impl Byzantine {
 
     fn reseal(&self, msg: &Message, body: Body) -> Bytes {
         let m = Message { epoch: msg.epoch, sender: msg.sender, body: Some(body) };
-        self.key.seal(&m).encode_to_vec().into()
+        self.sealed(&m)
+    }
+
+    /// Signs a message with this replica's own key and encodes the envelope.
+    fn sealed(&self, m: &Message) -> Bytes {
+        self.key.seal(m).encode_to_vec().into()
     }
 }
 
