@@ -406,6 +406,9 @@ else
   echo "apiserver: $(k version -o json 2>/dev/null | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])' 2>/dev/null)"
   NS="pbft-manifest-check-$$"
   k create namespace "$NS" >/dev/null && CLEANUP+=("'$KUBECTL_BIN' delete namespace '$NS' --wait=false >/dev/null")
+  # A dry-run creates nothing, so the helm test Pod's ServiceAccount (a hook
+  # object in the same render) would not exist when the Pod is admitted.
+  k create serviceaccount -n "$NS" pbft-operator-test --save-config >/dev/null
   CRD=consensusclusters.consensus.pbft.dev
   if ! k get crd "$CRD" >/dev/null 2>&1; then
     # Server dry-runs of ConsensusClusters need the CRD to exist.
@@ -415,8 +418,12 @@ else
   fi
   if ! k get namespace pbft-system >/dev/null 2>&1; then
     # The plain manifest's namespaced objects need pbft-system to exist (a
-    # dry-run of its Namespace object does not create it).
-    k create namespace pbft-system >/dev/null && CLEANUP+=("'$KUBECTL_BIN' delete namespace pbft-system --wait=false >/dev/null")
+    # dry-run of its Namespace object does not create it). Removed at the
+    # end, waiting, so that a next run does not find it terminating.
+    k create namespace pbft-system >/dev/null &&
+      CLEANUP+=("'$KUBECTL_BIN' delete namespace pbft-system --timeout=120s >/dev/null")
+  elif [[ $(k get namespace pbft-system -o jsonpath='{.status.phase}') == Terminating ]]; then
+    echo "namespace pbft-system is being deleted: dry-run/deploy will be refused"
   fi
   served=()
   for kind in ServiceMonitor PodMonitor PrometheusRule; do
@@ -427,7 +434,7 @@ else
   [[ ${#served[@]} -gt 0 ]] || echo "monitoring.coreos.com is not served: ServiceMonitor/PodMonitor/PrometheusRule are not dry-run"
   dry() {  # name, file, [namespace]
     local out
-    if out=$(k apply --dry-run=server --validate=strict ${3:+-n "$3"} -f "$2" 2>&1); then pass "dry-run/$1 ($(grep -c 'server dry run' <<<"$out") objects)"
+    if out=$(k apply --dry-run=server --validate=strict ${3:+-n "$3"} -f "$2" 2>&1); then pass "dry-run/$1 ($(grep -o 'server dry run' <<<"$out" | wc -l) objects)"
     else fail "dry-run/$1" "apiserver refused"; echo "$out" | grep -v 'server dry run)$' | indent; fi
   }
   for s in "${SETS[@]}"; do
