@@ -32,6 +32,9 @@
 #   dry-run/<set>     kubectl apply --dry-run=server --validate=strict of every render
 #   dry-run/deploy    ... of deploy/pbft-operator.yaml
 #   dry-run/examples/<file>  ... of each example (CEL rules included)
+#   psa/operator-pod  the operator's pod template admitted as a Pod under Pod
+#                     Security "restricted" (the namespace enforces it, so the
+#                     helm test Pods of the renders are checked too)
 #
 # Tools: $HELM / $KUBECTL, else on PATH, else the test bed's cached builds
 # (e2e/testbed/versions.env); python3 with PyYAML.
@@ -265,6 +268,14 @@ def dashboard(json_path, render_path):
     if json.loads(cms[0]["data"]["pbft.json"]) != d: err("the ConfigMap's JSON differs from files/dashboards/pbft.json")
     print(f"{len(d['panels'])} panels")
 
+def podify(path, ns):
+    """The Deployment's pod template as a Pod (for a Pod Security admission dry-run)."""
+    d = [o for o in docs(path) if o.get("kind") == "Deployment"][0]
+    t = d["spec"]["template"]
+    print(json.dumps({"apiVersion": "v1", "kind": "Pod",
+                      "metadata": {"name": "pbft-operator-psa-check", "namespace": ns, "labels": t["metadata"]["labels"]},
+                      "spec": t["spec"]}))
+
 def kinds(path):
     print(" ".join(sorted({o["kind"] for o in docs(path)})))
 
@@ -406,6 +417,9 @@ else
   echo "apiserver: $(k version -o json 2>/dev/null | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])' 2>/dev/null)"
   NS="pbft-manifest-check-$$"
   k create namespace "$NS" >/dev/null && CLEANUP+=("'$KUBECTL_BIN' delete namespace '$NS' --wait=false >/dev/null")
+  # Pod Security "restricted" enforced: the helm test Pod of each render is
+  # admitted under it, and so must be the operator's pod (psa/operator-pod).
+  k label namespace "$NS" pod-security.kubernetes.io/enforce=restricted >/dev/null
   # A dry-run creates nothing, so the helm test Pod's ServiceAccount (a hook
   # object in the same render) would not exist when the Pod is admitted.
   k create serviceaccount -n "$NS" pbft-operator-test --save-config >/dev/null
@@ -449,6 +463,12 @@ else
     else fail "dry-run/$name" "helm template failed"; indent <"$WORK/err"; fi
   done
   dry deploy "$ROOT/deploy/pbft-operator.yaml"
+  # A Deployment's pods are only checked when the ReplicaSet creates them:
+  # admit its pod template as a Pod (its ServiceAccount must exist for that).
+  k create serviceaccount -n "$NS" pbft-operator --save-config >/dev/null
+  if pycheck podify "$WORK/cluster-all-features.yaml" "$NS" >"$WORK/pod.json" 2>&1 &&
+     out=$(k create --dry-run=server -f "$WORK/pod.json" 2>&1); then pass "psa/operator-pod (restricted)"
+  else fail psa/operator-pod "the operator's pod is refused under Pod Security restricted"; { cat "$WORK/pod.json"; echo "${out:-}"; } | indent; fi
   for e in "${examples[@]}"; do dry "examples/${e##*/}" "$e" "$NS"; done
 fi
 
