@@ -27,6 +27,7 @@
 #                     the CRD's OpenAPI schema (types, unknown fields, enums,
 #                     bounds, patterns; CEL rules need the apiserver)
 #   promtool          `promtool check rules` on the alerts, when promtool is on PATH
+#   shellcheck/test-hook  shellcheck -s sh of the helm test pod's script, when shellcheck is on PATH
 # With a reachable KUBECONFIG (creates a throw-away namespace; installs the
 # CRD for real only when it is absent, and removes it again afterwards):
 #   dry-run/<set>     kubectl apply --dry-run=server --validate=strict of every render
@@ -276,6 +277,10 @@ def podify(path, ns):
                       "metadata": {"name": "pbft-operator-psa-check", "namespace": ns, "labels": t["metadata"]["labels"]},
                       "spec": t["spec"]}))
 
+def hook_script(path):
+    pod = [o for o in docs(path) if o.get("kind") == "Pod"][0]
+    print(pod["spec"]["containers"][0]["args"][0])
+
 def kinds(path):
     print(" ".join(sorted({o["kind"] for o in docs(path)})))
 
@@ -377,6 +382,13 @@ else fail dashboard "dashboard JSON"; echo "$out" | indent; fi
 if command -v promtool >/dev/null 2>&1; then
   if out=$(promtool check rules "$WORK/rules.yaml" 2>&1); then pass promtool; else fail promtool "promtool check rules"; echo "$out" | indent; fi
 else skip promtool "promtool not on PATH (PromQL syntax not checked offline)"; fi
+
+# shellcheck of the helm test's script (busybox sh), when shellcheck is installed
+if command -v shellcheck >/dev/null 2>&1; then
+  if pycheck hook_script "$WORK/render-default.yaml" >"$WORK/hook.sh" 2>&1 &&
+     out=$(shellcheck -s sh -e SC2020 "$WORK/hook.sh" 2>&1); then pass "shellcheck/test-hook"
+  else fail shellcheck/test-hook "the helm test script"; { cat "$WORK/hook.sh"; echo "${out:-}"; } | indent; fi
+else skip shellcheck/test-hook "shellcheck not on PATH"; fi
 
 # drift of the plain manifest
 if render_plain >"$WORK/plain.yaml" 2>"$WORK/err"; then
