@@ -129,8 +129,20 @@ def check_render(path, crd_path, expect):
             if key in seen: err(f"duplicate {key}")
             seen.add(key)
             kinds.setdefault(kind, []).append(o)
-            if (md.get("labels") or {}).get("app.kubernetes.io/name") != "pbft-operator":
-                err(f"{kind}/{md['name']}: label app.kubernetes.io/name: pbft-operator missing")
+            hook = (md.get("annotations") or {}).get("helm.sh/hook")
+            want = "pbft-operator-test" if hook == "test" else "pbft-operator"
+            if (md.get("labels") or {}).get("app.kubernetes.io/name") != want:
+                err(f"{kind}/{md['name']}: label app.kubernetes.io/name: {want} missing")
+    # No Service or NetworkPolicy of the chart may select the helm test pod.
+    for o in kinds.get("Pod", []):
+        pl = o["metadata"].get("labels") or {}
+        for s in kinds.get("Service", []):
+            sel = s["spec"].get("selector") or {}
+            if sel and sel.items() <= pl.items(): err(f"Service/{s['metadata']['name']} selects Pod/{o['metadata']['name']}")
+        for d in kinds.get("Deployment", []):
+            if d["spec"]["selector"]["matchLabels"].items() <= pl.items(): err(f"Deployment selector matches Pod/{o['metadata']['name']}")
+        if pl.get("app.kubernetes.io/name") == "pbft-operator":
+            err(f"Pod/{o['metadata']['name']} would be admitted to replicas' admin port")
     # The Deployment: the operator's contract.
     deps = kinds.get("Deployment", [])
     if len(deps) != 1: err(f"{len(deps)} Deployments")

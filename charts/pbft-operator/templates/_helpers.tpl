@@ -35,6 +35,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ include "pbft-operator.chart" . }}
 {{- end -}}
 
+{{/*
+Labels of the helm test's objects: another name, so that neither the metrics
+Service, the operator's NetworkPolicy nor a replica NetworkPolicy (which
+admits the admin port from app.kubernetes.io/name: pbft-operator) select the
+test pod.
+*/}}
+{{- define "pbft-operator.testLabels" -}}
+app.kubernetes.io/name: pbft-operator-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: pbft
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ include "pbft-operator.chart" . }}
+{{- end -}}
+
 {{- define "pbft-operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "pbft-operator.fullname" .) .Values.serviceAccount.name -}}
