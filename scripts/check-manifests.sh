@@ -469,11 +469,13 @@ else
       served+=(--api-versions "monitoring.coreos.com/v1/$kind")
     fi
   done
-  [[ ${#served[@]} -gt 0 ]] || echo "monitoring.coreos.com is not served: ServiceMonitor/PodMonitor/PrometheusRule are not dry-run"
+  if [[ ${#served[@]} -gt 0 ]]; then echo "monitoring.coreos.com served, dry-run too: ${served[*]//--api-versions /}"
+  else echo "monitoring.coreos.com is not served: ServiceMonitor/PodMonitor/PrometheusRule are not dry-run"; fi
   dry() {  # name, file, [namespace]
     local out
-    if out=$(k apply --dry-run=server --validate=strict ${3:+-n "$3"} -f "$2" 2>&1); then pass "dry-run/$1 ($(grep -o 'server dry run' <<<"$out" | wc -l) objects)"
-    else fail "dry-run/$1" "apiserver refused"; echo "$out" | grep -v 'server dry run)$' | indent; fi
+    if out=$(k apply --dry-run=server --validate=strict ${3:+-n "$3"} -f "$2" 2>"$WORK/dry.err"); then
+      pass "dry-run/$1 ($(grep -c 'server dry run' <<<"$out") objects)"
+    else fail "dry-run/$1" "apiserver refused"; grep -v '^Warning: .*last-applied-configuration' "$WORK/dry.err" | indent; fi
   }
   for s in "${SETS[@]}"; do
     IFS='|' read -r name vf _ <<<"$s"
