@@ -27,7 +27,7 @@
 #                     the CRD's OpenAPI schema (types, unknown fields, enums,
 #                     bounds, patterns; CEL rules need the apiserver)
 #   promtool          `promtool check rules` on the alerts, when promtool is on PATH
-#   shellcheck/test-hook  shellcheck -s sh of the helm test pod's script, when shellcheck is on PATH
+#   sh-lint/test-hook  shellcheck -s sh of the helm test pod's script, when shellcheck is on PATH
 # With a reachable KUBECONFIG (creates a throw-away namespace; installs the
 # CRD for real only when it is absent, and removes it again afterwards):
 #   dry-run/<set>     kubectl apply --dry-run=server --validate=strict of every render
@@ -398,9 +398,9 @@ else skip promtool "promtool not on PATH (PromQL syntax not checked offline)"; f
 # shellcheck of the helm test's script (busybox sh), when shellcheck is installed
 if command -v shellcheck >/dev/null 2>&1; then
   if pycheck hook_script "$WORK/render-default.yaml" >"$WORK/hook.sh" 2>&1 &&
-     out=$(shellcheck -s sh -e SC2020 "$WORK/hook.sh" 2>&1); then pass "shellcheck/test-hook"
-  else fail shellcheck/test-hook "the helm test script"; { cat "$WORK/hook.sh"; echo "${out:-}"; } | indent; fi
-else skip shellcheck/test-hook "shellcheck not on PATH"; fi
+     out=$(shellcheck -s sh -e SC2020 "$WORK/hook.sh" 2>&1); then pass "sh-lint/test-hook"
+  else fail sh-lint/test-hook "the helm test script"; { cat "$WORK/hook.sh"; echo "${out:-}"; } | indent; fi
+else skip sh-lint/test-hook "shellcheck not on PATH"; fi
 
 # drift of the plain manifest
 if render_plain >"$WORK/plain.yaml" 2>"$WORK/err"; then
@@ -469,7 +469,7 @@ else
       served+=(--api-versions "monitoring.coreos.com/v1/$kind")
     fi
   done
-  if [[ ${#served[@]} -gt 0 ]]; then echo "monitoring.coreos.com served, dry-run too: ${served[*]//--api-versions /}"
+  if [[ ${#served[@]} -gt 0 ]]; then echo "monitoring.coreos.com served, dry-run too: $(printf '%s\n' "${served[@]}" | grep -v -- --api-versions | tr '\n' ' ')"
   else echo "monitoring.coreos.com is not served: ServiceMonitor/PodMonitor/PrometheusRule are not dry-run"; fi
   dry() {  # name, file, [namespace]
     local out
