@@ -395,7 +395,7 @@ if command -v promtool >/dev/null 2>&1; then
   if out=$(promtool check rules "$WORK/rules.yaml" 2>&1); then pass promtool; else fail promtool "promtool check rules"; echo "$out" | indent; fi
 else skip promtool "promtool not on PATH (PromQL syntax not checked offline)"; fi
 
-# shellcheck of the helm test's script (busybox sh), when shellcheck is installed
+# Lint the helm test's script (busybox sh) with shellcheck, when installed
 if command -v shellcheck >/dev/null 2>&1; then
   if pycheck hook_script "$WORK/render-default.yaml" >"$WORK/hook.sh" 2>&1 &&
      out=$(shellcheck -s sh -e SC2020 "$WORK/hook.sh" 2>&1); then pass "sh-lint/test-hook"
