@@ -557,4 +557,14 @@ pub struct EvidenceRecord {
     /// Member id of the replica that reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reporter: Option<i32>,
+    /// First 16 hex digits of the SHA-256 of the encoded evidence: its identity
+    /// (the full evidence, with both signed messages, is in the operator's log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Fingerprint of the offender's key the evidence convicts (verified evidence only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+    /// Why the evidence does not verify (unverified evidence only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }

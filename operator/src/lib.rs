@@ -1,12 +1,19 @@
 //! pbft-operator: the `ConsensusCluster` CRD, the semantic validation of a
-//! spec and the pure builders of every Kubernetes object a cluster owns.
+//! spec, the pure builders of every Kubernetes object a cluster owns, and the
+//! controller that reconciles clusters through membership changes ordered by
+//! the clusters themselves.
 //!
-//! The reconcile pipeline (read → validate → build → apply → observe →
-//! status) uses these modules; `validate` and `build` never touch the API.
+//! The reconcile pipeline (read → validate → build → apply → observe → plan →
+//! act → status) lives in [`reconcile`]; `validate`, `build` and the planner
+//! never touch the API.
 
 pub mod build;
 pub mod crd;
+pub mod leader;
+pub mod metrics;
 pub mod quantity;
+pub mod reconcile;
+pub mod run;
 pub mod validate;
 
 pub use crd::{ConsensusCluster, ConsensusClusterSpec, ConsensusClusterStatus};

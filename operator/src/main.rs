@@ -1,6 +1,5 @@
-//! `pbft-operator`: today the `crd` subcommand (prints the CRD) and `render`
-//! (prints the objects a ConsensusCluster owns, for review and debugging).
-//! The `run` subcommand (the controller) comes with the reconciler.
+//! `pbft-operator`: `run` (the controller), `crd` (prints the CRD) and
+//! `render` (prints the objects a ConsensusCluster owns, for review and debugging).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +23,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller.
+    Run {
+        /// Replica image for clusters whose spec names none.
+        #[arg(long, env = "PBFT_REPLICA_IMAGE", default_value = pbft_operator::validate::DEFAULT_REPLICA_IMAGE)]
+        replica_image: String,
+        /// Address of `/metrics`, `/healthz` and `/readyz`.
+        #[arg(long, env = "PBFT_OPERATOR_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+        metrics_listen: std::net::SocketAddr,
+        /// Elect one active instance through a Lease (turn off only when running a single instance).
+        #[arg(long, env = "PBFT_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+        leader_election: bool,
+        /// Name of the leader Lease.
+        #[arg(long, default_value = "pbft-operator")]
+        lease_name: String,
+        /// Namespace of the leader Lease (default: the pod's namespace).
+        #[arg(long, env = "POD_NAMESPACE")]
+        lease_namespace: Option<String>,
+        /// Identity in the Lease (default: the pod name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Watch only this namespace (default: all).
+        #[arg(long, env = "PBFT_WATCH_NAMESPACE")]
+        watch_namespace: Option<String>,
+        /// Log format: text or json.
+        #[arg(long, env = "PBFT_LOG_FORMAT", default_value = "text")]
+        log_format: String,
+    },
     /// Print the ConsensusCluster CustomResourceDefinition as YAML (what crds/ holds).
     Crd,
     /// Validate a ConsensusCluster from a YAML file and print the objects the operator would create.
@@ -57,6 +83,24 @@ enum CliError {
     Build(#[from] pbft_operator::build::BuildError),
     #[error("writing to stdout: {0}")]
     Stdout(#[from] std::io::Error),
+    #[error(transparent)]
+    Run(#[from] pbft_operator::run::RunError),
+    #[error("starting the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("--log-format must be text or json, not {0:?}")]
+    LogFormat(String),
+}
+
+fn init_tracing(format: &str) -> Result<(), CliError> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        "text" => builder.init(),
+        "json" => builder.json().init(),
+        other => return Err(CliError::LogFormat(other.into())),
+    }
+    Ok(())
 }
 
 fn read_yaml<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T, CliError> {
@@ -65,9 +109,36 @@ fn read_yaml<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T, CliErr
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
-    let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Crd => out.write_all(pbft_operator::crd_yaml()?.as_bytes())?,
+        Command::Run {
+            replica_image,
+            metrics_listen,
+            leader_election,
+            lease_name,
+            lease_namespace,
+            identity,
+            watch_namespace,
+            log_format,
+        } => {
+            init_tracing(&log_format)?;
+            let identity = identity.unwrap_or_else(|| format!("pbft-operator-{}", std::process::id()));
+            let settings = pbft_operator::run::RunSettings {
+                replica_image,
+                metrics_listen,
+                leader_election,
+                lease_name,
+                lease_namespace,
+                identity,
+                watch_namespace: watch_namespace.filter(|n| !n.is_empty()),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(CliError::Runtime)?;
+            rt.block_on(pbft_operator::run::run(settings))?;
+        }
+        Command::Crd => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(pbft_operator::crd_yaml()?.as_bytes())?;
+            out.flush()?;
+        }
         Command::Render { file, membership, namespace, replica_image } => {
             let mut cc: ConsensusCluster = read_yaml(&file)?;
             cc.metadata.namespace.get_or_insert(namespace);
@@ -83,10 +154,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             let cluster = validate(&cc, None, &defaults)?;
             let objects = build_all(&cluster, &membership)?;
+            let mut out = std::io::stdout().lock();
             out.write_all(objects.to_yaml()?.as_bytes())?;
+            out.flush()?;
         }
     }
-    out.flush()?;
     Ok(())
 }
 

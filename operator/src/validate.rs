@@ -147,9 +147,12 @@ pub struct OperatorDefaults {
     pub replica_image: String,
 }
 
+/// The replica image of this release.
+pub const DEFAULT_REPLICA_IMAGE: &str = concat!("pbft-replica:", env!("CARGO_PKG_VERSION"));
+
 impl Default for OperatorDefaults {
     fn default() -> Self {
-        OperatorDefaults { replica_image: format!("pbft-replica:{}", env!("CARGO_PKG_VERSION")) }
+        OperatorDefaults { replica_image: DEFAULT_REPLICA_IMAGE.to_string() }
     }
 }
 

@@ -35,7 +35,11 @@ fn replica_reads_a_complete_membership() {
         members: keys
             .iter()
             .enumerate()
-            .map(|(i, k)| ObservedMember { id: i as u32, public_key: Some(hex::encode(k.public_bytes())) })
+            .map(|(i, k)| ObservedMember {
+                id: i as u32,
+                public_key: Some(hex::encode(k.public_bytes())),
+                key_secret: None,
+            })
             .collect(),
     };
     let (path, text) = written(&m, 2);
@@ -60,8 +64,12 @@ fn replica_waits_on_a_bootstrap_file() {
         members: keys
             .iter()
             .enumerate()
-            .map(|(i, k)| ObservedMember { id: i as u32, public_key: Some(hex::encode(k.public_bytes())) })
-            .chain([ObservedMember { id: 3, public_key: None }])
+            .map(|(i, k)| ObservedMember {
+                id: i as u32,
+                public_key: Some(hex::encode(k.public_bytes())),
+                key_secret: None,
+            })
+            .chain([ObservedMember { id: 3, public_key: None, key_secret: None }])
             .collect(),
     };
     let (path, text) = written(&m, 1);

@@ -110,7 +110,9 @@ mod tests {
         MembershipInput {
             epoch: 2,
             admin_key: Some("AB".repeat(32)),
-            members: (0..n).map(|id| ObservedMember { id, public_key: Some(format!("{id:02X}").repeat(32)) }).collect(),
+            members: (0..n)
+                .map(|id| ObservedMember { id, public_key: Some(format!("{id:02X}").repeat(32)), key_secret: None })
+                .collect(),
         }
     }
 

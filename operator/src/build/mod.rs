@@ -4,11 +4,13 @@
 //! carries the cluster's controller owner reference and the common labels.
 //!
 //! Names, for a cluster `<name>` in `<ns>`:
-//! - Pod `<name>-<id>` per member (no StatefulSet: each replica generates its
-//!   own key in its data directory at first start, so no key is ever in a
-//!   Secret that several pods mount, and members are replaced one by one by id);
+//! - Pod `<name>-<id>` per member (no StatefulSet: each pod mounts its own key
+//!   Secret, so no key is ever in a Secret that several pods mount, and members
+//!   are replaced one by one by id);
 //! - PVC `data-<name>-<id>` per member when `spec.storage` is set;
 //! - Services `<name>-peers` (headless) and `<name>` (clients);
+//! - Secret `<name>-key-<id>-<key fingerprint>` per member key and
+//!   `<name>-admin-key` (the admin key, read by the operator only);
 //! - ConfigMap `<name>-membership`; PodDisruptionBudget `<name>`;
 //!   ServiceAccount `<name>-replica`; NetworkPolicy `<name>` (optional).
 
@@ -16,6 +18,7 @@ pub mod config_map;
 pub mod network_policy;
 pub mod pdb;
 pub mod pod;
+pub mod secret;
 pub mod service;
 pub mod service_account;
 
@@ -94,9 +97,12 @@ pub struct MembershipInput {
 pub struct ObservedMember {
     /// Replica id.
     pub id: u32,
-    /// ed25519 public key, 64 hex digits; absent until the replica reported it.
+    /// ed25519 public key, 64 hex digits; absent until the member's key exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// The Secret holding the member's private key (default `<name>-key-<id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_secret: Option<String>,
 }
 
 impl MembershipInput {
@@ -184,7 +190,12 @@ pub fn peer_service_name(cluster: &ValidatedCluster) -> String {
 
 /// Name of the membership ConfigMap.
 pub fn membership_config_map_name(cluster: &ValidatedCluster) -> String {
-    format!("{}-membership", cluster.name)
+    membership_config_map_name_of(&cluster.name)
+}
+
+/// Name of the membership ConfigMap of the cluster named `name` (before validation).
+pub fn membership_config_map_name_of(name: &str) -> String {
+    format!("{name}-membership")
 }
 
 /// Name of the replicas' ServiceAccount.
@@ -222,7 +233,13 @@ pub fn build_all(cluster: &ValidatedCluster, membership: &MembershipInput) -> Re
     let mut pods = Vec::with_capacity(ids.len());
     let mut pvcs = Vec::new();
     for &id in &ids {
-        pods.push(pod::build_pod(cluster, id)?);
+        let key_secret = membership
+            .members
+            .iter()
+            .find(|m| m.id == id)
+            .and_then(|m| m.key_secret.clone())
+            .unwrap_or_else(|| format!("{}-key-{id}", cluster.name));
+        pods.push(pod::build_pod(cluster, id, &key_secret)?);
         if let Some(pvc) = pod::build_pvc(cluster, id) {
             pvcs.push(pvc);
         }

@@ -1,7 +1,7 @@
 //! One Pod (and, with `spec.storage`, one PersistentVolumeClaim) per member.
 //!
-//! The replica generates its ed25519 key at first start in `/data` and never
-//! shares it; the operator learns the public key through the admin API. The
+//! The member's ed25519 private key comes from its own key Secret (see
+//! [`super::secret`]), mounted by this pod alone at `/etc/pbft-key`. The
 //! container runs as nobody with a read-only root filesystem, no privilege
 //! escalation, no capabilities and no service-account token. Its memory
 //! request equals its limit: the limit is the replica's budget (it reads its
@@ -12,15 +12,16 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::secret::{KEY_DIR, KEY_FILE};
 use super::{
     membership_config_map_name, object_meta, peer_service_name, pod_name, pvc_name, replica_selector,
     service_account_name, short_hash, BuildError, ADMIN_PORT, CLIENT_PORT, COMPONENT_REPLICA, DATA_DIR, MEMBERSHIP_DIR,
@@ -72,6 +73,7 @@ pub fn replica_args(cluster: &ValidatedCluster, id: u32) -> Vec<String> {
         ("--id", id.to_string()),
         ("--data-dir", DATA_DIR.to_string()),
         ("--membership-file", format!("{MEMBERSHIP_DIR}/{MEMBERSHIP_KEY}")),
+        ("--key-file", format!("{KEY_DIR}/{KEY_FILE}")),
         ("--peer-listen", format!("0.0.0.0:{PEER_PORT}")),
         ("--client-listen", format!("0.0.0.0:{CLIENT_PORT}")),
         ("--admin-listen", format!("0.0.0.0:{ADMIN_PORT}")),
@@ -137,8 +139,8 @@ fn data_volume(cluster: &ValidatedCluster, id: u32) -> Volume {
     }
 }
 
-/// The Pod of member `id`.
-pub fn build_pod(cluster: &ValidatedCluster, id: u32) -> Result<Pod, BuildError> {
+/// The Pod of member `id`, running the key held in Secret `key_secret`.
+pub fn build_pod(cluster: &ValidatedCluster, id: u32, key_secret: &str) -> Result<Pod, BuildError> {
     let placement = &cluster.spec.placement;
     let container = Container {
         name: CONTAINER_NAME.into(),
@@ -180,6 +182,7 @@ pub fn build_pod(cluster: &ValidatedCluster, id: u32) -> Result<Pod, BuildError>
                 read_only: Some(true),
                 ..Default::default()
             },
+            VolumeMount { name: "key".into(), mount_path: KEY_DIR.into(), read_only: Some(true), ..Default::default() },
             VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
         ]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -210,6 +213,17 @@ pub fn build_pod(cluster: &ValidatedCluster, id: u32) -> Result<Pod, BuildError>
                 config_map: Some(ConfigMapVolumeSource {
                     name: membership_config_map_name(cluster),
                     ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Volume {
+                name: "key".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(key_secret.to_string()),
+                    items: Some(vec![KeyToPath { key: KEY_FILE.into(), path: KEY_FILE.into(), mode: None }]),
+                    // Owner and group (fsGroup 65534) read; nobody else.
+                    default_mode: Some(0o440),
+                    optional: Some(false),
                 }),
                 ..Default::default()
             },
@@ -269,7 +283,7 @@ mod tests {
     #[test]
     fn pod_is_hardened_and_named() {
         let c = cluster("faultTolerance: 1");
-        let p = build_pod(&c, 3).expect("pod");
+        let p = build_pod(&c, 3, "k").expect("pod");
         assert_eq!(p.metadata.name.as_deref(), Some("ledger-3"));
         let spec = p.spec.as_ref().expect("spec");
         assert_eq!(spec.automount_service_account_token, Some(false));
@@ -288,7 +302,7 @@ mod tests {
     #[test]
     fn memory_request_equals_limit() {
         let c = cluster("{faultTolerance: 1, resources: {limits: {memory: 512Mi, cpu: 2}, requests: {cpu: 250m}}}");
-        let r = container(&build_pod(&c, 0).expect("pod")).resources.clone().expect("resources");
+        let r = container(&build_pod(&c, 0, "k").expect("pod")).resources.clone().expect("resources");
         let (limits, requests) = (r.limits.expect("limits"), r.requests.expect("requests"));
         assert_eq!(limits["memory"].0, "512Mi");
         assert_eq!(requests["memory"].0, "512Mi");
@@ -300,20 +314,20 @@ mod tests {
     fn storage_selects_pvc_or_empty_dir() {
         let eph = cluster("faultTolerance: 1");
         assert!(build_pvc(&eph, 0).is_none());
-        let vols = build_pod(&eph, 0).expect("pod").spec.expect("spec").volumes.expect("volumes");
+        let vols = build_pod(&eph, 0, "k").expect("pod").spec.expect("spec").volumes.expect("volumes");
         assert!(vols[0].empty_dir.is_some());
         let per = cluster("{faultTolerance: 1, storage: {size: 2Gi, storageClassName: standard}}");
         let pvc = build_pvc(&per, 2).expect("pvc");
         assert_eq!(pvc.metadata.name.as_deref(), Some("data-ledger-2"));
-        let vols = build_pod(&per, 2).expect("pod").spec.expect("spec").volumes.expect("volumes");
+        let vols = build_pod(&per, 2, "k").expect("pod").spec.expect("spec").volumes.expect("volumes");
         assert_eq!(vols[0].persistent_volume_claim.as_ref().map(|p| p.claim_name.as_str()), Some("data-ledger-2"));
     }
 
     #[test]
     fn spec_hash_follows_the_spec() {
-        let a = build_pod(&cluster("faultTolerance: 1"), 0).expect("pod");
-        let b = build_pod(&cluster("faultTolerance: 1"), 0).expect("pod");
-        let c = build_pod(&cluster("{faultTolerance: 1, image: other:1}"), 0).expect("pod");
+        let a = build_pod(&cluster("faultTolerance: 1"), 0, "k").expect("pod");
+        let b = build_pod(&cluster("faultTolerance: 1"), 0, "k").expect("pod");
+        let c = build_pod(&cluster("{faultTolerance: 1, image: other:1}"), 0, "k").expect("pod");
         let hash = |p: &Pod| p.metadata.annotations.as_ref().and_then(|a| a.get(SPEC_HASH_ANNOTATION)).cloned();
         assert_eq!(hash(&a), hash(&b));
         assert_ne!(hash(&a), hash(&c));
@@ -322,7 +336,7 @@ mod tests {
     #[test]
     fn anti_affinity_modes() {
         let aff = |mode: &str| {
-            build_pod(&cluster(&format!("{{faultTolerance: 1, placement: {{podAntiAffinity: {mode}}}}}")), 0)
+            build_pod(&cluster(&format!("{{faultTolerance: 1, placement: {{podAntiAffinity: {mode}}}}}")), 0, "k")
                 .expect("pod")
                 .spec
                 .expect("spec")

@@ -1,0 +1,142 @@
+//! `pbft-operator run`: the controller process. Serves `/metrics`,
+//! `/healthz` and `/readyz`, waits for the leader lease (when enabled), then
+//! runs the ConsensusCluster controller until SIGTERM or until it loses the lease.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{watcher, Controller};
+
+use crate::build::MANAGED_BY;
+use crate::leader::Election;
+use crate::metrics::Metrics;
+use crate::reconcile::{error_policy, reconcile, Context};
+use crate::validate::OperatorDefaults;
+use crate::ConsensusCluster;
+
+/// Settings of the controller process.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    pub replica_image: String,
+    pub metrics_listen: SocketAddr,
+    pub leader_election: bool,
+    pub lease_name: String,
+    pub lease_namespace: Option<String>,
+    pub identity: String,
+    /// Only this namespace (all when `None`).
+    pub watch_namespace: Option<String>,
+}
+
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("connecting to the Kubernetes API: {0}")]
+    Client(#[from] kube::Error),
+    #[error("listening on {addr} for metrics: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("leader election needs the lease namespace (--lease-namespace or POD_NAMESPACE)")]
+    NoLeaseNamespace,
+    #[error("lost the leader lease")]
+    LostLease,
+}
+
+async fn serve_http(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    use axum::{extract::State, routing::get, Router};
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    m.encode(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        // Ready once the process runs: a standby instance is ready to take over.
+        .route("/readyz", get(|| async { "ready\n" }))
+        .with_state(metrics);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!("metrics server: {e}");
+    }
+}
+
+/// Runs the operator until SIGTERM/SIGINT (Ok) or a lost lease (Err).
+pub async fn run(s: RunSettings) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let listener = tokio::net::TcpListener::bind(s.metrics_listen)
+        .await
+        .map_err(|source| RunError::Listen { addr: s.metrics_listen, source })?;
+    tokio::spawn(serve_http(listener, metrics.clone()));
+    let client = kube::Client::try_default().await?;
+
+    let mut lost_lease = None;
+    if s.leader_election {
+        let ns = s.lease_namespace.clone().ok_or(RunError::NoLeaseNamespace)?;
+        let election = Election {
+            api: Api::<Lease>::namespaced(client.clone(), &ns),
+            lease_name: s.lease_name.clone(),
+            identity: s.identity.clone(),
+        };
+        tokio::select! {
+            _ = election.acquire() => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        metrics.set_leader(true);
+        lost_lease = Some(tokio::spawn(async move { election.keep().await }));
+    } else {
+        metrics.set_leader(true);
+    }
+
+    let reporter = Reporter { controller: "pbft-operator".into(), instance: Some(s.identity.clone()) };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        defaults: OperatorDefaults { replica_image: s.replica_image.clone() },
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
+    });
+    fn api<K>(client: &kube::Client, ns: &Option<String>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    let controller = Controller::new(api::<ConsensusCluster>(&client, &s.watch_namespace), watcher::Config::default())
+        .owns(api::<Pod>(&client, &s.watch_namespace), owned.clone())
+        .owns(api::<ConfigMap>(&client, &s.watch_namespace), owned.clone())
+        .owns(api::<Service>(&client, &s.watch_namespace), owned.clone())
+        .owns(api::<Secret>(&client, &s.watch_namespace), owned.clone())
+        .owns(api::<PersistentVolumeClaim>(&client, &s.watch_namespace), owned)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            match r {
+                Ok((obj, _)) => tracing::debug!(cluster = %obj.name, namespace = ?obj.namespace, "reconciled"),
+                Err(e) => tracing::debug!("controller: {e}"),
+            }
+        });
+    tracing::info!(watch_namespace = ?s.watch_namespace, replica_image = %s.replica_image, "controller started");
+    match lost_lease {
+        None => {
+            controller.await;
+            Ok(())
+        }
+        Some(lease) => tokio::select! {
+            _ = controller => Ok(()),
+            _ = lease => Err(RunError::LostLease),
+        },
+    }
+}
