@@ -183,6 +183,11 @@ impl Replica {
             }
             self.broadcast(&env);
             self.set_pre_prepare(seq, SlotPrePrepare { env, digest, requests: reqs, charge: Some(charge) });
+            // The primary watches its own batches too: if they never commit
+            // (votes withheld or conflicting), its timer must move the view on.
+            if !self.vc_timer_armed {
+                self.arm_request_timer();
+            }
             self.check_slot(seq);
         }
     }

@@ -951,6 +951,17 @@ mod tests {
         );
     }
 
+    /// Seeds that once found a violation (kept as regressions): a primary
+    /// whose own batch never committed had no view-change timer (10467,
+    /// 11097, 16684: liveness lost under conflicting voters).
+    #[test]
+    fn seeds_that_found_bugs_stay_clean() {
+        for (seed, n) in [(10467, 7), (11097, 4), (16684, 7)] {
+            let r = run(cfg(n, seed));
+            assert!(r.violations.is_empty(), "seed {seed} n={n} {}: {:?}", r.mix, r.violations);
+        }
+    }
+
     #[test]
     fn every_fault_mix_passes_a_few_seeds() {
         for seed in 0..20 {
