@@ -2,217 +2,13 @@
 //! through the client library. Each test is bounded in time; the tests run
 //! one at a time (they share two cores with everything else).
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pbft::crypto::Keypair;
-use pbft::kvclient::{Endpoints, KvClient};
-use pbft::proto::op_result::Status as OpStatus;
-use pbft::server::membership_file::{MemberEntry, MembershipFile};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-struct Cluster {
-    dir: PathBuf,
-    ports: Vec<[u16; 4]>,
-    children: Vec<Option<Child>>,
-    membership: PathBuf,
-    env: Vec<(String, String)>,
-}
-
-impl Cluster {
-    fn new(tag: &str, n: u32) -> Cluster {
-        Cluster::with_env(tag, n, &[])
-    }
-
-    fn with_env(tag: &str, n: u32, env: &[(&str, &str)]) -> Cluster {
-        let dir = std::env::temp_dir().join(format!("pbft-it-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let admin = Keypair::from_secret([200; 32]);
-        let mut members = vec![];
-        let mut ports = vec![];
-        for i in 0..n {
-            let p = [free_port(), free_port(), free_port(), free_port()];
-            let key = Keypair::from_secret([i as u8 + 1; 32]);
-            let data = dir.join(format!("r{i}"));
-            std::fs::create_dir_all(&data).unwrap();
-            std::fs::write(data.join("replica.key"), hex::encode(key.secret_bytes())).unwrap();
-            members.push(MemberEntry {
-                id: i,
-                public_key: hex::encode(key.public_bytes()),
-                address: format!("127.0.0.1:{}", p[0]),
-            });
-            ports.push(p);
-        }
-        let file = MembershipFile { epoch: 0, admin_key: hex::encode(admin.public_bytes()), members };
-        let membership = dir.join("membership.yaml");
-        std::fs::write(&membership, serde_yaml::to_string(&file).unwrap()).unwrap();
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut c = Cluster { dir, ports, children: (0..n).map(|_| None).collect(), membership, env };
-        for i in 0..n {
-            c.start(i);
-        }
-        c
-    }
-
-    fn start(&mut self, i: u32) {
-        let p = self.ports[i as usize];
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("r{i}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pbft-replica"))
-            .arg("--data-dir")
-            .arg(self.dir.join(format!("r{i}")))
-            .arg("--membership-file")
-            .arg(&self.membership)
-            .args(["--peer-listen", &format!("127.0.0.1:{}", p[0])])
-            .args(["--client-listen", &format!("127.0.0.1:{}", p[1])])
-            .args(["--admin-listen", &format!("127.0.0.1:{}", p[2])])
-            .args(["--metrics-listen", &format!("127.0.0.1:{}", p[3])])
-            .args(["--view-change-timeout-ms", "500", "--checkpoint-interval", "16"])
-            .env("PBFT_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn pbft-replica");
-        self.children[i as usize] = Some(child);
-    }
-
-    fn kill9(&mut self, i: u32) {
-        if let Some(mut c) = self.children[i as usize].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM; returns how long the process took to exit.
-    fn terminate(&mut self, i: u32) -> Duration {
-        let Some(mut c) = self.children[i as usize].take() else { return Duration::ZERO };
-        let t = Instant::now();
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return t.elapsed();
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        panic!("replica {i} did not exit within 5 s of SIGTERM");
-    }
-
-    fn pid(&self, i: u32) -> Option<u32> {
-        self.children[i as usize].as_ref().map(|c| c.id())
-    }
-
-    fn alive(&mut self, i: u32) -> bool {
-        matches!(self.children[i as usize].as_mut().map(|c| c.try_wait()), Some(Ok(None)))
-    }
-
-    fn endpoints(&self) -> Endpoints {
-        // Clients use the client ports.
-        let o: Vec<(u32, String)> =
-            self.ports.iter().enumerate().map(|(i, p)| (i as u32, format!("127.0.0.1:{}", p[1]))).collect();
-        Endpoints::from_file(&self.membership, &o).unwrap()
-    }
-
-    fn client(&self) -> KvClient {
-        let mut c = KvClient::new(self.endpoints());
-        c.timeout = Duration::from_secs(20);
-        c
-    }
-
-    async fn wait_ready(&self, ids: &[u32], within: Duration) {
-        let t = Instant::now();
-        loop {
-            let st = self.endpoints().status().await;
-            let ready = ids.iter().all(|id| st.iter().any(|(i, _, r)| i == id && r.as_ref().is_ok_and(|s| s.ready)));
-            if ready {
-                return;
-            }
-            assert!(t.elapsed() < within, "replicas {ids:?} not ready within {within:?}: {st:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn executed(&self) -> BTreeMap<u32, (u64, u64)> {
-        self.endpoints()
-            .status()
-            .await
-            .into_iter()
-            .filter_map(|(id, _, r)| r.ok().map(|s| (id, (s.executed_seq, s.view))))
-            .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in self.children.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("logs kept in {}", self.dir.display());
-        }
-    }
-}
-
-/// Writes distinct keys from `clients` clients until `stop`; returns acknowledged (key, value).
-fn load(
-    cluster: &Cluster,
-    clients: usize,
-    prefix: &str,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<Vec<(String, String)>>> {
-    (0..clients)
-        .map(|c| {
-            let mut cl = cluster.client();
-            let stop = stop.clone();
-            let prefix = prefix.to_string();
-            tokio::spawn(async move {
-                let mut acked = vec![];
-                let mut i = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (k, v) = (format!("{prefix}-{c}-{i}"), format!("v{i}"));
-                    if cl.put(k.as_bytes(), v.as_bytes()).await.is_ok() {
-                        acked.push((k, v));
-                    }
-                    i += 1;
-                }
-                acked
-            })
-        })
-        .collect()
-}
-
-async fn check_all(cluster: &Cluster, acked: &[(String, String)]) {
-    let mut cl = cluster.client();
-    for (k, v) in acked {
-        let r = cl.get(k.as_bytes()).await.expect("get");
-        assert_eq!(r.status, OpStatus::Ok as i32, "key {k} lost");
-        assert_eq!(r.value.as_deref(), Some(v.as_bytes()), "key {k} has another value");
-    }
-}
-
-async fn collect(handles: Vec<tokio::task::JoinHandle<Vec<(String, String)>>>) -> Vec<(String, String)> {
-    let mut all = vec![];
-    for h in handles {
-        all.extend(h.await.unwrap());
-    }
-    all
-}
+use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_agree_primary_kill_view_change_and_catch_up() {
@@ -326,7 +122,7 @@ async fn garbage_on_every_port_changes_nothing() {
             })
             .collect::<Vec<u8>>()
     };
-    for p in cluster.ports.clone() {
+    for p in cluster.slots.iter().map(|s| s.ports).collect::<Vec<_>>() {
         for port in p {
             for size in [1usize, 100, 65536, 1 << 20] {
                 if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -343,7 +139,7 @@ async fn garbage_on_every_port_changes_nothing() {
         }
     }
     // Well-formed gRPC carrying garbage: client requests and peer frames.
-    for p in cluster.ports.clone() {
+    for p in cluster.slots.iter().map(|s| s.ports).collect::<Vec<_>>() {
         let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", p[0]))
             .unwrap()
             .connect()
@@ -367,16 +163,6 @@ async fn garbage_on_every_port_changes_nothing() {
     check_all(&cluster, &[("before".into(), "1".into()), ("after".into(), "2".into())]).await;
     let ex = cluster.executed().await;
     assert!(ex.values().all(|(_, v)| *v == 0), "garbage caused a view change: {ex:?}");
-}
-
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 const FLOOD_LIMIT: u64 = 64 << 20;
@@ -411,7 +197,7 @@ async fn flood(tag: &str) -> Cluster {
         let _ = h.await;
     }
     let mut shed = 0.0;
-    for (i, p) in cluster.ports.clone().iter().enumerate() {
+    for (i, p) in cluster.slots.iter().map(|s| s.ports).collect::<Vec<_>>().iter().enumerate() {
         assert!(cluster.alive(i as u32), "replica {i} died under the flood");
         let peak = peak_rss(cluster.pid(i as u32).unwrap_or(0));
         eprintln!(
@@ -452,13 +238,4 @@ async fn cluster_serves_again_after_a_client_flood() {
     let mut cl = cluster.client();
     cl.timeout = Duration::from_secs(60);
     cl.put(b"after-flood", b"ok").await.expect("write after the flood");
-}
-
-async fn http_get(port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return String::new() };
-    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out
 }

@@ -50,9 +50,17 @@ const CLIENT_WAIT: Duration = Duration::from_secs(10);
 const RETRY_AFTER_MS: u64 = 200;
 
 enum Input {
-    Peer(Bytes),
-    Client { request: Bytes, reply: oneshot::Sender<Result<Bytes, Status>>, arrived: Instant },
-    Timer { kind: TimerKind, generation: u64 },
+    /// A peer frame and the inbound account (of the claimed sender) it is charged to.
+    Peer(Bytes, Arc<AtomicUsize>),
+    Client {
+        request: Bytes,
+        reply: oneshot::Sender<Result<Bytes, Status>>,
+        arrived: Instant,
+    },
+    Timer {
+        kind: TimerKind,
+        generation: u64,
+    },
 }
 
 /// State shared by the services, the driver and the watchers.
@@ -61,8 +69,13 @@ pub struct Shared {
     pub public_key: [u8; 32],
     id: OnceLock<u32>,
     input: OnceLock<mpsc::Sender<Input>>,
+    /// Peer frames received but not yet taken by the driver, in bytes (all peers).
     inbound_bytes: AtomicUsize,
     inbound_cap: usize,
+    /// The same per claimed sender (`pbft-from`; unknown senders share one account), each
+    /// bounded by `peer_inbound_cap`, so one flooding peer cannot take the whole inbound budget.
+    inbound_by_peer: Mutex<HashMap<Option<u32>, Arc<AtomicUsize>>>,
+    peer_inbound_cap: AtomicUsize,
     max_message_bytes: AtomicUsize,
     max_request_bytes: AtomicUsize,
     pub status: Mutex<StatusReply>,
@@ -108,6 +121,18 @@ struct PeerSvc(Arc<Shared>);
 impl Peer for PeerSvc {
     async fn stream(&self, req: Request<tonic::Streaming<Frame>>) -> Result<Response<StreamClosed>, Status> {
         let s = &self.0;
+        // The claim is unauthenticated (every envelope is checked by the core): it only picks the account.
+        let claimed: Option<u32> = req
+            .metadata()
+            .get("pbft-from")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .filter(|id| s.peers.lock().is_ok_and(|p| p.contains_key(id)));
+        let account = s
+            .inbound_by_peer
+            .lock()
+            .map(|mut m| m.entry(claimed).or_default().clone())
+            .unwrap_or_else(|_| Arc::new(AtomicUsize::new(0)));
         let mut stream = req.into_inner();
         let mut shutdown = s.shutdown.clone();
         loop {
@@ -121,6 +146,8 @@ impl Peer for PeerSvc {
                 Some("oversized")
             } else if s.inbound_bytes.load(Ordering::Relaxed) + len > s.inbound_cap {
                 Some("inbound_full")
+            } else if account.load(Ordering::Relaxed) + len > s.peer_inbound_cap.load(Ordering::Relaxed) {
+                Some("peer_inbound_full")
             } else {
                 None
             };
@@ -130,8 +157,10 @@ impl Peer for PeerSvc {
             }
             let Some(tx) = s.input.get() else { continue };
             s.inbound_bytes.fetch_add(len, Ordering::Relaxed);
-            if tx.try_send(Input::Peer(frame.envelope)).is_err() {
+            account.fetch_add(len, Ordering::Relaxed);
+            if tx.try_send(Input::Peer(frame.envelope, account.clone())).is_err() {
                 s.inbound_bytes.fetch_sub(len, Ordering::Relaxed);
+                account.fetch_sub(len, Ordering::Relaxed);
                 s.metrics.messages_dropped.get_or_create(&ReasonLabel { reason: "driver_full".into() }).inc();
             }
         }
@@ -290,8 +319,9 @@ impl Driver {
             let mut peers = vec![];
             for input in buf.drain(..) {
                 match input {
-                    Input::Peer(b) => {
+                    Input::Peer(b, account) => {
                         self.shared.inbound_bytes.fetch_sub(b.len(), Ordering::Relaxed);
+                        account.fetch_sub(b.len(), Ordering::Relaxed);
                         self.shared
                             .metrics
                             .messages_received
@@ -481,6 +511,7 @@ impl Driver {
         m.executed_seq.set(r.last_executed() as i64);
         m.stable_seq.set(r.stable_checkpoint() as i64);
         m.ledger_bytes.set(r.ledger().total() as i64);
+        m.inbound_bytes.set(self.shared.inbound_bytes.load(Ordering::Relaxed) as i64);
         let v = r.verifications();
         m.signature_verifications.inc_by(v.saturating_sub(self.verifications));
         self.verifications = v;
@@ -502,7 +533,8 @@ impl Driver {
             })
             .unwrap_or((0, 0));
         let _ = peer_count;
-        let ready = r.is_active() && connected + 1 >= r.membership().quorum();
+        let caught_up = r.is_caught_up();
+        let ready = caught_up && r.is_active() && connected + 1 >= r.membership().quorum();
         self.shared.ready.store(ready, Ordering::Relaxed);
         m.ready.set(ready as i64);
         if let Ok(mut st) = self.shared.status.lock() {
@@ -516,6 +548,11 @@ impl Driver {
             st.epoch = r.membership().epoch();
             st.membership = Some(r.membership().config().clone());
             st.evidence_count = r.counters().evidence;
+            st.state_digest = Bytes::copy_from_slice(&r.stable_digest());
+            st.retired = r.is_retired();
+            st.caught_up = caught_up;
+            st.watermark_window = r.config().watermark_window;
+            st.checkpoint_interval = r.config().checkpoint_interval;
         }
     }
 
@@ -598,8 +635,9 @@ pub fn core_config(settings: &Settings, id: u32, n: usize, budget: usize) -> Con
     let mut cfg = Config::with_budget(id, n, budget);
     if let Some(k) = settings.checkpoint_interval {
         cfg.checkpoint_interval = k;
-        cfg.watermark_window = 2 * k;
     }
+    // Validated in `config` as a multiple of K of at least 2K.
+    cfg.watermark_window = settings.watermark_window.unwrap_or(2 * cfg.checkpoint_interval);
     if let Some(t) = settings.view_change_timeout_ms {
         cfg.view_change_timeout_ms = t;
         cfg.max_view_change_timeout_ms = cfg.max_view_change_timeout_ms.max(t * 16);
@@ -624,6 +662,24 @@ fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> 
     Ok(())
 }
 
+/// File in the data dir naming (hex) the public key whose replica writes the WAL there.
+pub const WAL_OWNER_FILE: &str = "wal.owner";
+
+/// Refuses a data dir whose write-ahead log another key wrote: its records
+/// (signed votes, view) belong to that identity, and a new key starts fresh.
+fn check_wal_owner(path: &std::path::Path, key_hex: &str) -> Result<(), ServerError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().eq_ignore_ascii_case(key_hex) => Ok(()),
+        Ok(text) => Err(ServerError::WalOwner {
+            path: path.into(),
+            owner: text.trim().chars().take(64).collect(),
+            key: key_hex.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ServerError::Io { path: path.into(), source }),
+    }
+}
+
 /// Builds the replica from the write-ahead log (or fresh) and starts the driver.
 async fn start_replica(shared: Arc<Shared>, key: Keypair, file: MembershipFile) -> Result<(), ServerError> {
     let s = &shared.settings;
@@ -637,7 +693,14 @@ async fn start_replica(shared: Arc<Shared>, key: Keypair, file: MembershipFile) 
     let wal_dir = s.data_dir.join("wal");
     let genesis_path = s.data_dir.join("genesis.json");
     let t0 = Instant::now();
+    let owner_path = s.data_dir.join(WAL_OWNER_FILE);
+    let key_hex = hex::encode(key.public_bytes());
+    check_wal_owner(&owner_path, &key_hex)?;
     let opened = Wal::open(&wal_dir)?;
+    if !owner_path.exists() {
+        write_atomically(&owner_path, format!("{key_hex}\n").as_bytes())
+            .map_err(|source| ServerError::Io { path: owner_path.clone(), source })?;
+    }
     let (limit, _, _) = memory_limit(s);
     let budget = (limit / 100 * s.budget_percent) as usize;
     let current = file.to_membership(path)?;
@@ -655,6 +718,9 @@ async fn start_replica(shared: Arc<Shared>, key: Keypair, file: MembershipFile) 
     shared.max_message_bytes.store(cfg.max_message_bytes, Ordering::Relaxed);
     shared.max_request_bytes.store(cfg.max_request_bytes + 1024, Ordering::Relaxed);
     shared.metrics.memory_budget.set(budget as i64);
+    // Each peer's share of the inbound bytes, never below one largest message.
+    let per_peer = (shared.inbound_cap / (genesis.n().max(2) - 1)).min(s.peer_queue_bytes as usize);
+    shared.peer_inbound_cap.store(per_peer.max(cfg.max_message_bytes + 1024), Ordering::Relaxed);
     let verifier = Box::new(Ed25519Verifier::default());
     let members = genesis.members().to_vec();
     let n_records = opened.records.len();
@@ -825,6 +891,7 @@ pub async fn run(
     let (key, generated) =
         if settings.key_file.is_some() { (keys::load(&key_path)?, false) } else { keys::load_or_generate(&key_path)? };
     let public_hex = hex::encode(key.public_bytes());
+    check_wal_owner(&settings.data_dir.join(WAL_OWNER_FILE), &public_hex)?;
     let pub_path = settings.data_dir.join("replica.pub");
     write_atomically(&pub_path, format!("{public_hex}\n").as_bytes())
         .map_err(|source| ServerError::Io { path: pub_path, source })?;
@@ -852,6 +919,8 @@ pub async fn run(
         input: OnceLock::new(),
         inbound_bytes: AtomicUsize::new(0),
         inbound_cap: (limit / 100 * 10) as usize,
+        inbound_by_peer: Mutex::new(HashMap::new()),
+        peer_inbound_cap: AtomicUsize::new(((limit / 100 * 10) as usize / 3).min(settings.peer_queue_bytes as usize)),
         max_message_bytes: AtomicUsize::new(4 << 20),
         max_request_bytes: AtomicUsize::new(128 << 10),
         status: Mutex::new(StatusReply::default()),
