@@ -46,6 +46,8 @@ const DRAIN: usize = 512;
 const INPUT_CAPACITY: usize = 8192;
 /// How long a client call waits for this replica's reply.
 const CLIENT_WAIT: Duration = Duration::from_secs(10);
+/// Memory usage sampling period (shedding acts on the last sample).
+const SAMPLE_EVERY: Duration = Duration::from_millis(25);
 /// Retry hint sent with RESOURCE_EXHAUSTED.
 const RETRY_AFTER_MS: u64 = 200;
 
@@ -76,13 +78,23 @@ pub struct Shared {
     /// bounded by `peer_inbound_cap`, so one flooding peer cannot take the whole inbound budget.
     inbound_by_peer: Mutex<HashMap<Option<u32>, Arc<AtomicUsize>>>,
     peer_inbound_cap: AtomicUsize,
-    max_message_bytes: AtomicUsize,
+    /// Largest peer frame accepted or sent: the core's largest message of any
+    /// kind (a NEW-VIEW embeds a quorum of view changes; a state response
+    /// carries a snapshot), bounded by the inbound byte cap.
+    max_frame_bytes: AtomicUsize,
+    /// Client request bytes inside calls in flight (bounded by `client_bytes_cap`).
+    client_bytes: Arc<AtomicUsize>,
+    client_bytes_cap: usize,
     max_request_bytes: AtomicUsize,
     pub status: Mutex<StatusReply>,
     evidence: Mutex<Vec<Bytes>>,
     peers: Mutex<HashMap<u32, Arc<PeerQueue>>>,
     pub metrics: Metrics,
     memory_used: AtomicU64,
+    /// Size of the last stable snapshot: each checkpoint briefly holds a few
+    /// more copies of the state (the new snapshot, its log record), which
+    /// usage sampled before the checkpoint does not show.
+    snapshot_bytes: AtomicU64,
     memory_limit: AtomicU64,
     shutting_down: AtomicBool,
     client_calls: Arc<Semaphore>,
@@ -97,6 +109,11 @@ pub struct Shared {
 impl Shared {
     fn shed_threshold(&self) -> u64 {
         self.memory_limit.load(Ordering::Relaxed) / 100 * self.settings.shed_percent
+    }
+
+    /// Usage plus the burst the next checkpoint brings (two more copies of the state).
+    fn projected_usage(&self) -> u64 {
+        self.memory_used.load(Ordering::Relaxed) + 2 * self.snapshot_bytes.load(Ordering::Relaxed)
     }
 
     fn shed(&self, reason: &str) {
@@ -142,7 +159,7 @@ impl Peer for PeerSvc {
             };
             let Some(frame) = frame else { return Ok(Response::new(StreamClosed {})) };
             let len = frame.envelope.len();
-            let drop_reason = if len > s.max_message_bytes.load(Ordering::Relaxed) + 64 {
+            let drop_reason = if len > s.max_frame_bytes.load(Ordering::Relaxed) + 64 {
                 Some("oversized")
             } else if s.inbound_bytes.load(Ordering::Relaxed) + len > s.inbound_cap {
                 Some("inbound_full")
@@ -167,6 +184,26 @@ impl Peer for PeerSvc {
     }
 }
 
+/// Bytes of one client call in flight, released when the call ends.
+struct ClientBytes(Arc<AtomicUsize>, usize);
+
+impl ClientBytes {
+    fn take(account: &Arc<AtomicUsize>, n: usize, cap: usize) -> Option<ClientBytes> {
+        let before = account.fetch_add(n, Ordering::Relaxed);
+        if before + n > cap {
+            account.fetch_sub(n, Ordering::Relaxed);
+            return None;
+        }
+        Some(ClientBytes(account.clone(), n))
+    }
+}
+
+impl Drop for ClientBytes {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
 #[derive(Clone)]
 struct ClientSvc(Arc<Shared>);
 
@@ -185,13 +222,17 @@ impl Client for ClientSvc {
         if request.len() > limit {
             return Err(Status::invalid_argument(format!("request of {} bytes exceeds {limit}", request.len())));
         }
-        if s.memory_used.load(Ordering::Relaxed) > s.shed_threshold() {
+        if s.projected_usage() > s.shed_threshold() {
             s.shed("memory");
             return Err(exhausted("memory above the soft limit"));
         }
         let Ok(_permit) = s.client_calls.clone().try_acquire_owned() else {
             s.shed("concurrency");
             return Err(exhausted("too many client calls in flight"));
+        };
+        let Some(_bytes) = ClientBytes::take(&s.client_bytes, request.len(), s.client_bytes_cap) else {
+            s.shed("client_bytes");
+            return Err(exhausted("too many client request bytes in flight"));
         };
         let (otx, orx) = oneshot::channel();
         if tx.try_send(Input::Client { request, reply: otx, arrived: Instant::now() }).is_err() {
@@ -376,7 +417,12 @@ impl Driver {
         let mut rest = Vec::with_capacity(actions.len());
         for a in actions {
             match a {
-                Action::Persist(rec) => self.wal.append(rec),
+                Action::Persist(rec) => {
+                    if let crate::core::PersistRecord::Checkpoint { snapshot, .. } = &rec {
+                        self.shared.snapshot_bytes.store(snapshot.len() as u64, Ordering::Relaxed);
+                    }
+                    self.wal.append(rec)
+                }
                 other => rest.push(other),
             }
         }
@@ -588,10 +634,17 @@ impl Driver {
     }
 }
 
+/// Bytes queued for one peer: its share of 10% of the memory limit, at most
+/// `--peer-queue-bytes`, never less than one largest frame.
+fn outbound_cap(shared: &Shared, n: usize) -> usize {
+    let share = (shared.memory_limit.load(Ordering::Relaxed) / 100 * 10) as usize / n.max(2).saturating_sub(1);
+    share.min(shared.settings.peer_queue_bytes as usize).max(shared.max_frame_bytes.load(Ordering::Relaxed) + 1024)
+}
+
 /// Creates (or re-addresses) the outbound queue and stream of every other member.
 fn start_peers(shared: &Arc<Shared>, me: u32, members: &[crate::proto::Member]) {
     let Ok(mut peers) = shared.peers.lock() else { return };
-    let max = shared.max_message_bytes.load(Ordering::Relaxed);
+    let max = shared.max_frame_bytes.load(Ordering::Relaxed);
     for m in members.iter().filter(|m| m.id != me) {
         match peers.get(&m.id) {
             Some(q) => {
@@ -602,7 +655,7 @@ fn start_peers(shared: &Arc<Shared>, me: u32, members: &[crate::proto::Member]) 
                 }
             }
             None => {
-                let q = PeerQueue::new(m.id, m.address.clone(), shared.settings.peer_queue_bytes as usize);
+                let q = PeerQueue::new(m.id, m.address.clone(), outbound_cap(shared, members.len()));
                 peers.insert(m.id, q.clone());
                 tokio::spawn(run_peer(me, q, max, shared.shutdown.clone()));
             }
@@ -715,12 +768,17 @@ async fn start_replica(shared: Arc<Shared>, key: Keypair, file: MembershipFile) 
     };
     let cfg = core_config(s, id, genesis.n(), budget);
     cfg.validate(&genesis).map_err(|e| ServerError::Core(e.to_string()))?;
-    shared.max_message_bytes.store(cfg.max_message_bytes, Ordering::Relaxed);
+    // The core accepts a NEW-VIEW of up to q+1 messages and a state response up to
+    // max_snapshot_bytes: frames that large must pass the transport, or a view
+    // with many prepared batches can never be installed by the backups.
+    let q = genesis.quorum();
+    let max_frame = (cfg.max_message_bytes * (q + 1)).max(cfg.max_snapshot_bytes.min(shared.inbound_cap));
+    shared.max_frame_bytes.store(max_frame, Ordering::Relaxed);
     shared.max_request_bytes.store(cfg.max_request_bytes + 1024, Ordering::Relaxed);
     shared.metrics.memory_budget.set(budget as i64);
     // Each peer's share of the inbound bytes, never below one largest message.
     let per_peer = (shared.inbound_cap / (genesis.n().max(2) - 1)).min(s.peer_queue_bytes as usize);
-    shared.peer_inbound_cap.store(per_peer.max(cfg.max_message_bytes + 1024), Ordering::Relaxed);
+    shared.peer_inbound_cap.store(per_peer.max(max_frame + 1024), Ordering::Relaxed);
     let verifier = Box::new(Ed25519Verifier::default());
     let members = genesis.members().to_vec();
     let n_records = opened.records.len();
@@ -921,13 +979,16 @@ pub async fn run(
         inbound_cap: (limit / 100 * 10) as usize,
         inbound_by_peer: Mutex::new(HashMap::new()),
         peer_inbound_cap: AtomicUsize::new(((limit / 100 * 10) as usize / 3).min(settings.peer_queue_bytes as usize)),
-        max_message_bytes: AtomicUsize::new(4 << 20),
+        max_frame_bytes: AtomicUsize::new(4 << 20),
+        client_bytes: Arc::new(AtomicUsize::new(0)),
+        client_bytes_cap: (limit / 100 * 5) as usize,
         max_request_bytes: AtomicUsize::new(128 << 10),
         status: Mutex::new(StatusReply::default()),
         evidence: Mutex::new(vec![]),
         peers: Mutex::new(HashMap::new()),
         metrics: Metrics::new(),
         memory_used: AtomicU64::new(0),
+        snapshot_bytes: AtomicU64::new(0),
         memory_limit: AtomicU64::new(limit),
         shutting_down: AtomicBool::new(false),
         client_calls: Arc::new(Semaphore::new(settings.max_client_calls as usize)),
@@ -957,7 +1018,7 @@ pub async fn run(
                 s.memory_used.store(u, Ordering::Relaxed);
                 s.metrics.memory_used.set(u as i64);
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = tokio::time::sleep(SAMPLE_EVERY) => {}
                     _ = sd.changed() => return,
                 }
             }
@@ -965,7 +1026,8 @@ pub async fn run(
     }
 
     // gRPC: peers port serves all services; client port client+admin; admin port admin.
-    let max_in = 64 << 20;
+    // Decoding limit of peer frames: the inbound byte cap (the driver's frame limit is at most that).
+    let max_in = (shared.inbound_cap).max(8 << 20);
     let peer_svc = || PeerServer::new(PeerSvc(shared.clone())).max_decoding_message_size(max_in);
     let client_svc = || {
         ClientServer::new(ClientSvc(shared.clone()))
