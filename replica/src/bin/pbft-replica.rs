@@ -75,6 +75,7 @@ async fn main_async(cli: Cli) -> Result<(), ServerError> {
 }
 
 fn main() {
+    pbft::server::cgroup::limit_malloc_arenas();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

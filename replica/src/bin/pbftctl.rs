@@ -58,6 +58,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Submit an admin-signed membership change: the members of TO (a membership file
+    /// of epoch E+1, as the operator writes it) replace those of epoch E in force.
+    MembershipChange {
+        /// The membership file to put in force (its epoch is the current one plus 1).
+        #[arg(long)]
+        to: PathBuf,
+        /// The admin's private key (32 raw bytes or 64 hex digits).
+        #[arg(long)]
+        admin_key_file: PathBuf,
+        /// Wait until f+1 replicas of the current membership report the new epoch.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Closed-loop load: N clients each with one outstanding put.
     Bench {
         #[arg(long, default_value_t = 16)]
@@ -82,6 +95,10 @@ enum CtlError {
     Duration(String),
     #[error("{0}")]
     Op(String),
+    #[error(transparent)]
+    MembershipFile(#[from] pbft::server::membership_file::MembershipFileError),
+    #[error(transparent)]
+    Key(#[from] pbft::server::keys::KeyError),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, CtlError> {
@@ -136,6 +153,56 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 .await?;
             println!("{}", show(&r)?)
         }
+        Cmd::MembershipChange { to, admin_key_file, wait } => {
+            let next = pbft::server::membership_file::MembershipFile::read(&to)?;
+            let change = next.to_change(&to)?;
+            let current = endpoints.membership.epoch();
+            if change.from_epoch != current {
+                return Err(CtlError::Op(format!(
+                    "{} is epoch {}, but epoch {current} is in force here ({}): the new file's epoch must be {}",
+                    to.display(),
+                    next.epoch,
+                    cli.membership.display(),
+                    current + 1
+                )));
+            }
+            let admin = pbft::server::keys::load(&admin_key_file)?;
+            if admin.public_bytes().as_slice() != endpoints.membership.config().admin_key.as_ref() {
+                return Err(CtlError::Op(format!(
+                    "{} is not the admin key of {}",
+                    admin_key_file.display(),
+                    cli.membership.display()
+                )));
+            }
+            let mut c = KvClient::with_key(endpoints.clone(), admin);
+            c.timeout = timeout;
+            let r = c.execute(pbft::proto::operation::Kind::Membership(change)).await?;
+            show(&r)?;
+            println!("membership change to epoch {} ordered; it takes effect at the next checkpoint", next.epoch);
+            if wait {
+                let deadline = Instant::now() + timeout;
+                loop {
+                    let switched = endpoints
+                        .status()
+                        .await
+                        .iter()
+                        .filter(|(_, _, r)| r.as_ref().is_ok_and(|s| s.epoch >= next.epoch))
+                        .count();
+                    if switched >= endpoints.membership.weak_quorum() {
+                        println!("epoch {} in force ({switched} replicas report it)", next.epoch);
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(CtlError::Op(format!(
+                            "epoch {} not reported by f+1 replicas within {:.0} s",
+                            next.epoch,
+                            timeout.as_secs_f64()
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
         Cmd::Status { json } => {
             let rows = endpoints.status().await;
             if json {
@@ -144,7 +211,8 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                     .map(|(id, addr, r)| match r {
                         Ok(s) => serde_json::json!({"id": id, "address": addr, "view": s.view, "primary": s.primary,
                             "active": s.active, "ready": s.ready, "executed_seq": s.executed_seq, "stable_seq": s.stable_seq,
-                            "epoch": s.epoch, "memory_used_bytes": s.memory_used_bytes, "memory_limit_bytes": s.memory_limit_bytes,
+                            "epoch": s.epoch, "caught_up": s.caught_up, "retired": s.retired,
+                            "state_digest": hex::encode(&s.state_digest), "memory_used_bytes": s.memory_used_bytes, "memory_limit_bytes": s.memory_limit_bytes,
                             "peers_connected": s.peers.iter().filter(|p| p.connected).count(), "evidence": s.evidence_count}),
                         Err(e) => serde_json::json!({"id": id, "address": addr, "error": e}),
                     })

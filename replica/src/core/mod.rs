@@ -51,6 +51,9 @@ use evidence::{make_evidence, vote_of, VoteSlot};
 use ledger::{Caps, Category, Charge, Ledger};
 use view_change::{batch_digest, ViewChangeInfo};
 
+/// Checkpoint interval K when none is configured.
+pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 64;
+
 /// Protocol parameters and limits of one replica.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -114,8 +117,8 @@ impl Config {
     pub fn with_budget(id: ReplicaId, n: usize, budget: usize) -> Config {
         let mut c = Config {
             id,
-            checkpoint_interval: 64,
-            watermark_window: 128,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            watermark_window: 2 * DEFAULT_CHECKPOINT_INTERVAL,
             max_batch_requests: 512,
             max_batch_bytes: 0,
             max_inflight_batches: 8,
@@ -814,6 +817,27 @@ impl Replica {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+    /// Whether a new member still waits for its first state transfer.
+    pub fn is_catching_up(&self) -> bool {
+        self.catching_up
+    }
+    /// Digest of the snapshot at the last stable checkpoint.
+    pub fn stable_digest(&self) -> Digest {
+        self.stable.digest
+    }
+    /// The highest checkpoint that f+1 other replicas of this epoch claim to
+    /// have reached (so at least one honest replica did), 0 when unknown.
+    pub fn claimed_checkpoint(&self) -> u64 {
+        let mut claims: Vec<u64> =
+            self.checkpoint_claims.iter().filter(|(r, _)| **r != self.cfg.id).map(|(_, s)| *s).collect();
+        claims.sort_unstable_by(|a, b| b.cmp(a));
+        claims.get(self.membership.weak_quorum() - 1).copied().unwrap_or(0)
+    }
+    /// Caught up: has state (no pending first state transfer), is not
+    /// retired, and is at most one checkpoint interval behind what f+1 others claim.
+    pub fn is_caught_up(&self) -> bool {
+        !self.catching_up && !self.retired && self.state.seq + self.cfg.checkpoint_interval >= self.claimed_checkpoint()
     }
 
     /// The digest of the vote `sender` cast in `slot` that this replica holds

@@ -108,6 +108,24 @@ pub fn process_rss() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// Caps glibc's malloc arenas at two. Its default (eight per core) spreads
+/// the short-lived buffers of many gRPC calls over many arenas whose freed
+/// memory stays resident, which let a client flood push RSS past the limit
+/// while the accounted buffers stayed within budget. Call before starting threads.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: std::os::raw::c_int, value: std::os::raw::c_int) -> std::os::raw::c_int;
+        }
+        const M_ARENA_MAX: std::os::raw::c_int = -8;
+        // SAFETY: mallopt only adjusts allocator parameters; it is called before other threads exist.
+        unsafe {
+            mallopt(M_ARENA_MAX, 2);
+        }
+    }
+}
+
 /// Hands freed heap pages back to the kernel. glibc keeps freed memory in
 /// its arenas, so after a flood the RSS (or cgroup usage) would stay above
 /// the shedding threshold although the buffers were released; the memory

@@ -18,6 +18,10 @@ pub enum ConfigError {
     Address { field: &'static str, value: String, source: std::net::AddrParseError },
     #[error("{0} is required (flag, environment variable or config file)")]
     Missing(&'static str),
+    #[error(
+        "watermark_window ({window}) must be a multiple of checkpoint_interval ({interval}) and at least twice it"
+    )]
+    Window { window: u64, interval: u64 },
     #[error("{field} must be between {min} and {max}, got {value}")]
     Range { field: &'static str, value: u64, min: u64, max: u64 },
 }
@@ -66,6 +70,10 @@ pub struct Overrides {
     /// Checkpoint interval K (sequence numbers).
     #[arg(long, env = "PBFT_CHECKPOINT_INTERVAL")]
     pub checkpoint_interval: Option<u64>,
+    /// Watermark window L: sequence numbers accepted above the last stable checkpoint
+    /// (a multiple of the checkpoint interval, at least twice it; default twice it).
+    #[arg(long, env = "PBFT_WATERMARK_WINDOW")]
+    pub watermark_window: Option<u64>,
     /// Base view-change timeout in milliseconds.
     #[arg(long, env = "PBFT_VIEW_CHANGE_TIMEOUT_MS")]
     pub view_change_timeout_ms: Option<u64>,
@@ -98,6 +106,7 @@ pub struct Settings {
     pub budget_percent: u64,
     pub shed_percent: u64,
     pub checkpoint_interval: Option<u64>,
+    pub watermark_window: Option<u64>,
     pub view_change_timeout_ms: Option<u64>,
     pub batch_size: Option<u64>,
     pub peer_queue_bytes: u64,
@@ -158,6 +167,16 @@ impl Overrides {
         let data_dir = pick(&self.data_dir, &f.data_dir).ok_or(ConfigError::Missing("data_dir"))?;
         let membership_file =
             pick(&self.membership_file, &f.membership_file).unwrap_or_else(|| data_dir.join("membership.yaml"));
+        let checkpoint_interval = pick(&self.checkpoint_interval, &f.checkpoint_interval)
+            .map(|v| range("checkpoint_interval", v, 1, 1 << 20))
+            .transpose()?;
+        let interval = checkpoint_interval.unwrap_or(crate::core::DEFAULT_CHECKPOINT_INTERVAL);
+        let watermark_window = pick(&self.watermark_window, &f.watermark_window);
+        if let Some(window) = watermark_window {
+            if window < 2 * interval || window % interval != 0 {
+                return Err(ConfigError::Window { window, interval });
+            }
+        }
         Ok(Settings {
             id: pick(&self.id, &f.id),
             membership_file,
@@ -179,9 +198,8 @@ impl Overrides {
                 90,
             )?,
             shed_percent: range("shed_percent", pick(&self.shed_percent, &f.shed_percent).unwrap_or(80), 10, 99)?,
-            checkpoint_interval: pick(&self.checkpoint_interval, &f.checkpoint_interval)
-                .map(|v| range("checkpoint_interval", v, 1, 1 << 20))
-                .transpose()?,
+            checkpoint_interval,
+            watermark_window,
             view_change_timeout_ms: pick(&self.view_change_timeout_ms, &f.view_change_timeout_ms)
                 .map(|v| range("view_change_timeout_ms", v, 10, 600_000))
                 .transpose()?,
@@ -230,6 +248,20 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(e.to_string().starts_with("peer_listen"), "{e}");
+        let w = |k: Option<u64>, l: u64| {
+            Overrides {
+                data_dir: Some("/z".into()),
+                checkpoint_interval: k,
+                watermark_window: Some(l),
+                ..Default::default()
+            }
+            .resolve()
+        };
+        assert_eq!(w(Some(16), 64).unwrap().watermark_window, Some(64));
+        assert!(w(Some(16), 16).unwrap_err().to_string().contains("at least twice"));
+        assert!(w(Some(16), 40).is_err());
+        assert!(w(None, 64).is_err(), "default interval 64 needs a window of 128 or more");
+        assert!(w(None, 256).is_ok());
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::membership::{Membership, MembershipError};
-use crate::proto::{Member, MembershipConfig};
+use crate::proto::{Member, MembershipChange, MembershipConfig};
 
 /// Why the membership file is refused.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,8 @@ pub enum MembershipFileError {
     Hex { path: PathBuf, field: String, source: hex::FromHexError },
     #[error("membership file {path}: {source}")]
     Invalid { path: PathBuf, source: MembershipError },
+    #[error("membership file {path}: epoch 0 is the genesis; a change produces epoch 1 or later")]
+    GenesisChange { path: PathBuf },
 }
 
 /// One member as written in the file.
@@ -71,6 +73,17 @@ impl MembershipFile {
         Membership::new(config).map_err(|source| MembershipFileError::Invalid { path: path.into(), source })
     }
 
+    /// The admin-signed operation that produces this file's membership: it
+    /// applies to epoch `epoch - 1` and, once ordered, puts these members in
+    /// force as epoch `epoch` at the next checkpoint boundary.
+    pub fn to_change(&self, path: &Path) -> Result<MembershipChange, MembershipFileError> {
+        if self.epoch == 0 {
+            return Err(MembershipFileError::GenesisChange { path: path.into() });
+        }
+        let members = self.to_membership(path)?.config().members.clone();
+        Ok(MembershipChange { from_epoch: self.epoch - 1, members })
+    }
+
     /// The id of the member with `public_key`, if any.
     pub fn id_of(&self, public_key: &[u8]) -> Option<u32> {
         let hex_key = hex::encode(public_key);
@@ -109,6 +122,11 @@ mod tests {
             assert_eq!(f.to_membership(p).unwrap().n(), 4);
             assert_eq!(f.id_of(&keys[2].public_bytes()), Some(2));
         }
+        assert!(file.to_change(&y).unwrap_err().to_string().contains("epoch 0"));
+        let next = MembershipFile { epoch: 3, ..file.clone() };
+        let change = next.to_change(&y).unwrap();
+        assert_eq!((change.from_epoch, change.members.len()), (2, 4));
+        assert_eq!(change.members[1].public_key.as_ref(), keys[1].public_bytes());
         std::fs::write(&y, "epoch: 0\nadmin_key: zz\nmembers: []\n").unwrap();
         let e = MembershipFile::read(&y).unwrap().to_membership(&y).unwrap_err();
         assert!(e.to_string().contains("admin_key is not hex"), "{e}");

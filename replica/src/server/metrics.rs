@@ -46,6 +46,7 @@ pub struct Metrics {
     pub memory_limit: Gauge,
     pub memory_budget: Gauge,
     pub ledger_bytes: Gauge,
+    pub inbound_bytes: Gauge,
     pub shed_requests: Family<ReasonLabel, Counter>,
     pub peer_connected: Family<PeerLabel, Gauge>,
     pub peer_dropped_frames: Family<PeerLabel, Counter>,
@@ -74,6 +75,7 @@ impl Metrics {
             memory_limit: Gauge::default(),
             memory_budget: Gauge::default(),
             ledger_bytes: Gauge::default(),
+            inbound_bytes: Gauge::default(),
             shed_requests: Family::default(),
             peer_connected: Family::default(),
             peer_dropped_frames: Family::default(),
@@ -126,6 +128,12 @@ impl Metrics {
             "Bytes held in the core's accounted buffers",
             prometheus_client::registry::Unit::Bytes,
             m.ledger_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "peer_inbound_queue",
+            "Peer frames received and not yet processed (bounded in total and per peer)",
+            prometheus_client::registry::Unit::Bytes,
+            m.inbound_bytes.clone(),
         );
         registry.register("shed_requests", "Client requests refused, by reason", m.shed_requests.clone());
         registry.register("peer_connected", "1 while the outbound stream to a peer is up", m.peer_connected.clone());

@@ -32,6 +32,8 @@ pub enum ServerError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("{path}: the write-ahead log in this data dir was written by key {owner}, but this replica's key is {key}; a replica with a new key needs a fresh data dir")]
+    WalOwner { path: PathBuf, owner: String, key: String },
     #[error("this replica's key is not in the membership")]
     NotMember,
     #[error("configured id {configured} differs from id {file} that the membership file gives this key")]

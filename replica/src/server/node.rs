@@ -46,13 +46,23 @@ const DRAIN: usize = 512;
 const INPUT_CAPACITY: usize = 8192;
 /// How long a client call waits for this replica's reply.
 const CLIENT_WAIT: Duration = Duration::from_secs(10);
+/// Memory usage sampling period (shedding acts on the last sample).
+const SAMPLE_EVERY: Duration = Duration::from_millis(25);
 /// Retry hint sent with RESOURCE_EXHAUSTED.
 const RETRY_AFTER_MS: u64 = 200;
 
 enum Input {
-    Peer(Bytes),
-    Client { request: Bytes, reply: oneshot::Sender<Result<Bytes, Status>>, arrived: Instant },
-    Timer { kind: TimerKind, generation: u64 },
+    /// A peer frame and the inbound account (of the claimed sender) it is charged to.
+    Peer(Bytes, Arc<AtomicUsize>),
+    Client {
+        request: Bytes,
+        reply: oneshot::Sender<Result<Bytes, Status>>,
+        arrived: Instant,
+    },
+    Timer {
+        kind: TimerKind,
+        generation: u64,
+    },
 }
 
 /// State shared by the services, the driver and the watchers.
@@ -61,15 +71,30 @@ pub struct Shared {
     pub public_key: [u8; 32],
     id: OnceLock<u32>,
     input: OnceLock<mpsc::Sender<Input>>,
+    /// Peer frames received but not yet taken by the driver, in bytes (all peers).
     inbound_bytes: AtomicUsize,
     inbound_cap: usize,
-    max_message_bytes: AtomicUsize,
+    /// The same per claimed sender (`pbft-from`; unknown senders share one account), each
+    /// bounded by `peer_inbound_cap`, so one flooding peer cannot take the whole inbound budget.
+    inbound_by_peer: Mutex<HashMap<Option<u32>, Arc<AtomicUsize>>>,
+    peer_inbound_cap: AtomicUsize,
+    /// Largest peer frame accepted or sent: the core's largest message of any
+    /// kind (a NEW-VIEW embeds a quorum of view changes; a state response
+    /// carries a snapshot), bounded by the inbound byte cap.
+    max_frame_bytes: AtomicUsize,
+    /// Client request bytes inside calls in flight (bounded by `client_bytes_cap`).
+    client_bytes: Arc<AtomicUsize>,
+    client_bytes_cap: usize,
     max_request_bytes: AtomicUsize,
     pub status: Mutex<StatusReply>,
     evidence: Mutex<Vec<Bytes>>,
     peers: Mutex<HashMap<u32, Arc<PeerQueue>>>,
     pub metrics: Metrics,
     memory_used: AtomicU64,
+    /// Size of the last stable snapshot: each checkpoint briefly holds a few
+    /// more copies of the state (the new snapshot, its log record), which
+    /// usage sampled before the checkpoint does not show.
+    snapshot_bytes: AtomicU64,
     memory_limit: AtomicU64,
     shutting_down: AtomicBool,
     client_calls: Arc<Semaphore>,
@@ -84,6 +109,11 @@ pub struct Shared {
 impl Shared {
     fn shed_threshold(&self) -> u64 {
         self.memory_limit.load(Ordering::Relaxed) / 100 * self.settings.shed_percent
+    }
+
+    /// Usage plus the burst the next checkpoint brings (two more copies of the state).
+    fn projected_usage(&self) -> u64 {
+        self.memory_used.load(Ordering::Relaxed) + 2 * self.snapshot_bytes.load(Ordering::Relaxed)
     }
 
     fn shed(&self, reason: &str) {
@@ -108,6 +138,18 @@ struct PeerSvc(Arc<Shared>);
 impl Peer for PeerSvc {
     async fn stream(&self, req: Request<tonic::Streaming<Frame>>) -> Result<Response<StreamClosed>, Status> {
         let s = &self.0;
+        // The claim is unauthenticated (every envelope is checked by the core): it only picks the account.
+        let claimed: Option<u32> = req
+            .metadata()
+            .get("pbft-from")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .filter(|id| s.peers.lock().is_ok_and(|p| p.contains_key(id)));
+        let account = s
+            .inbound_by_peer
+            .lock()
+            .map(|mut m| m.entry(claimed).or_default().clone())
+            .unwrap_or_else(|_| Arc::new(AtomicUsize::new(0)));
         let mut stream = req.into_inner();
         let mut shutdown = s.shutdown.clone();
         loop {
@@ -117,10 +159,12 @@ impl Peer for PeerSvc {
             };
             let Some(frame) = frame else { return Ok(Response::new(StreamClosed {})) };
             let len = frame.envelope.len();
-            let drop_reason = if len > s.max_message_bytes.load(Ordering::Relaxed) + 64 {
+            let drop_reason = if len > s.max_frame_bytes.load(Ordering::Relaxed) + 64 {
                 Some("oversized")
             } else if s.inbound_bytes.load(Ordering::Relaxed) + len > s.inbound_cap {
                 Some("inbound_full")
+            } else if account.load(Ordering::Relaxed) + len > s.peer_inbound_cap.load(Ordering::Relaxed) {
+                Some("peer_inbound_full")
             } else {
                 None
             };
@@ -130,11 +174,33 @@ impl Peer for PeerSvc {
             }
             let Some(tx) = s.input.get() else { continue };
             s.inbound_bytes.fetch_add(len, Ordering::Relaxed);
-            if tx.try_send(Input::Peer(frame.envelope)).is_err() {
+            account.fetch_add(len, Ordering::Relaxed);
+            if tx.try_send(Input::Peer(frame.envelope, account.clone())).is_err() {
                 s.inbound_bytes.fetch_sub(len, Ordering::Relaxed);
+                account.fetch_sub(len, Ordering::Relaxed);
                 s.metrics.messages_dropped.get_or_create(&ReasonLabel { reason: "driver_full".into() }).inc();
             }
         }
+    }
+}
+
+/// Bytes of one client call in flight, released when the call ends.
+struct ClientBytes(Arc<AtomicUsize>, usize);
+
+impl ClientBytes {
+    fn take(account: &Arc<AtomicUsize>, n: usize, cap: usize) -> Option<ClientBytes> {
+        let before = account.fetch_add(n, Ordering::Relaxed);
+        if before + n > cap {
+            account.fetch_sub(n, Ordering::Relaxed);
+            return None;
+        }
+        Some(ClientBytes(account.clone(), n))
+    }
+}
+
+impl Drop for ClientBytes {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 
@@ -156,13 +222,17 @@ impl Client for ClientSvc {
         if request.len() > limit {
             return Err(Status::invalid_argument(format!("request of {} bytes exceeds {limit}", request.len())));
         }
-        if s.memory_used.load(Ordering::Relaxed) > s.shed_threshold() {
+        if s.projected_usage() > s.shed_threshold() {
             s.shed("memory");
             return Err(exhausted("memory above the soft limit"));
         }
         let Ok(_permit) = s.client_calls.clone().try_acquire_owned() else {
             s.shed("concurrency");
             return Err(exhausted("too many client calls in flight"));
+        };
+        let Some(_bytes) = ClientBytes::take(&s.client_bytes, request.len(), s.client_bytes_cap) else {
+            s.shed("client_bytes");
+            return Err(exhausted("too many client request bytes in flight"));
         };
         let (otx, orx) = oneshot::channel();
         if tx.try_send(Input::Client { request, reply: otx, arrived: Instant::now() }).is_err() {
@@ -290,8 +360,9 @@ impl Driver {
             let mut peers = vec![];
             for input in buf.drain(..) {
                 match input {
-                    Input::Peer(b) => {
+                    Input::Peer(b, account) => {
                         self.shared.inbound_bytes.fetch_sub(b.len(), Ordering::Relaxed);
+                        account.fetch_sub(b.len(), Ordering::Relaxed);
                         self.shared
                             .metrics
                             .messages_received
@@ -346,7 +417,12 @@ impl Driver {
         let mut rest = Vec::with_capacity(actions.len());
         for a in actions {
             match a {
-                Action::Persist(rec) => self.wal.append(rec),
+                Action::Persist(rec) => {
+                    if let crate::core::PersistRecord::Checkpoint { snapshot, .. } = &rec {
+                        self.shared.snapshot_bytes.store(snapshot.len() as u64, Ordering::Relaxed);
+                    }
+                    self.wal.append(rec)
+                }
                 other => rest.push(other),
             }
         }
@@ -481,6 +557,7 @@ impl Driver {
         m.executed_seq.set(r.last_executed() as i64);
         m.stable_seq.set(r.stable_checkpoint() as i64);
         m.ledger_bytes.set(r.ledger().total() as i64);
+        m.inbound_bytes.set(self.shared.inbound_bytes.load(Ordering::Relaxed) as i64);
         let v = r.verifications();
         m.signature_verifications.inc_by(v.saturating_sub(self.verifications));
         self.verifications = v;
@@ -502,7 +579,8 @@ impl Driver {
             })
             .unwrap_or((0, 0));
         let _ = peer_count;
-        let ready = r.is_active() && connected + 1 >= r.membership().quorum();
+        let caught_up = r.is_caught_up();
+        let ready = caught_up && r.is_active() && connected + 1 >= r.membership().quorum();
         self.shared.ready.store(ready, Ordering::Relaxed);
         m.ready.set(ready as i64);
         if let Ok(mut st) = self.shared.status.lock() {
@@ -516,6 +594,11 @@ impl Driver {
             st.epoch = r.membership().epoch();
             st.membership = Some(r.membership().config().clone());
             st.evidence_count = r.counters().evidence;
+            st.state_digest = Bytes::copy_from_slice(&r.stable_digest());
+            st.retired = r.is_retired();
+            st.caught_up = caught_up;
+            st.watermark_window = r.config().watermark_window;
+            st.checkpoint_interval = r.config().checkpoint_interval;
         }
     }
 
@@ -551,10 +634,17 @@ impl Driver {
     }
 }
 
+/// Bytes queued for one peer: its share of 10% of the memory limit, at most
+/// `--peer-queue-bytes`, never less than one largest frame.
+fn outbound_cap(shared: &Shared, n: usize) -> usize {
+    let share = (shared.memory_limit.load(Ordering::Relaxed) / 100 * 10) as usize / n.max(2).saturating_sub(1);
+    share.min(shared.settings.peer_queue_bytes as usize).max(shared.max_frame_bytes.load(Ordering::Relaxed) + 1024)
+}
+
 /// Creates (or re-addresses) the outbound queue and stream of every other member.
 fn start_peers(shared: &Arc<Shared>, me: u32, members: &[crate::proto::Member]) {
     let Ok(mut peers) = shared.peers.lock() else { return };
-    let max = shared.max_message_bytes.load(Ordering::Relaxed);
+    let max = shared.max_frame_bytes.load(Ordering::Relaxed);
     for m in members.iter().filter(|m| m.id != me) {
         match peers.get(&m.id) {
             Some(q) => {
@@ -565,7 +655,7 @@ fn start_peers(shared: &Arc<Shared>, me: u32, members: &[crate::proto::Member]) 
                 }
             }
             None => {
-                let q = PeerQueue::new(m.id, m.address.clone(), shared.settings.peer_queue_bytes as usize);
+                let q = PeerQueue::new(m.id, m.address.clone(), outbound_cap(shared, members.len()));
                 peers.insert(m.id, q.clone());
                 tokio::spawn(run_peer(me, q, max, shared.shutdown.clone()));
             }
@@ -598,8 +688,9 @@ pub fn core_config(settings: &Settings, id: u32, n: usize, budget: usize) -> Con
     let mut cfg = Config::with_budget(id, n, budget);
     if let Some(k) = settings.checkpoint_interval {
         cfg.checkpoint_interval = k;
-        cfg.watermark_window = 2 * k;
     }
+    // Validated in `config` as a multiple of K of at least 2K.
+    cfg.watermark_window = settings.watermark_window.unwrap_or(2 * cfg.checkpoint_interval);
     if let Some(t) = settings.view_change_timeout_ms {
         cfg.view_change_timeout_ms = t;
         cfg.max_view_change_timeout_ms = cfg.max_view_change_timeout_ms.max(t * 16);
@@ -624,6 +715,24 @@ fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> 
     Ok(())
 }
 
+/// File in the data dir naming (hex) the public key whose replica writes the WAL there.
+pub const WAL_OWNER_FILE: &str = "wal.owner";
+
+/// Refuses a data dir whose write-ahead log another key wrote: its records
+/// (signed votes, view) belong to that identity, and a new key starts fresh.
+fn check_wal_owner(path: &std::path::Path, key_hex: &str) -> Result<(), ServerError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().eq_ignore_ascii_case(key_hex) => Ok(()),
+        Ok(text) => Err(ServerError::WalOwner {
+            path: path.into(),
+            owner: text.trim().chars().take(64).collect(),
+            key: key_hex.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ServerError::Io { path: path.into(), source }),
+    }
+}
+
 /// Builds the replica from the write-ahead log (or fresh) and starts the driver.
 async fn start_replica(shared: Arc<Shared>, key: Keypair, file: MembershipFile) -> Result<(), ServerError> {
     let s = &shared.settings;
@@ -637,7 +746,14 @@ async fn start_replica(shared: Arc<Shared>, key: Keypair, file: MembershipFile) 
     let wal_dir = s.data_dir.join("wal");
     let genesis_path = s.data_dir.join("genesis.json");
     let t0 = Instant::now();
+    let owner_path = s.data_dir.join(WAL_OWNER_FILE);
+    let key_hex = hex::encode(key.public_bytes());
+    check_wal_owner(&owner_path, &key_hex)?;
     let opened = Wal::open(&wal_dir)?;
+    if !owner_path.exists() {
+        write_atomically(&owner_path, format!("{key_hex}\n").as_bytes())
+            .map_err(|source| ServerError::Io { path: owner_path.clone(), source })?;
+    }
     let (limit, _, _) = memory_limit(s);
     let budget = (limit / 100 * s.budget_percent) as usize;
     let current = file.to_membership(path)?;
@@ -652,9 +768,17 @@ async fn start_replica(shared: Arc<Shared>, key: Keypair, file: MembershipFile) 
     };
     let cfg = core_config(s, id, genesis.n(), budget);
     cfg.validate(&genesis).map_err(|e| ServerError::Core(e.to_string()))?;
-    shared.max_message_bytes.store(cfg.max_message_bytes, Ordering::Relaxed);
+    // The core accepts a NEW-VIEW of up to q+1 messages and a state response up to
+    // max_snapshot_bytes: frames that large must pass the transport, or a view
+    // with many prepared batches can never be installed by the backups.
+    let q = genesis.quorum();
+    let max_frame = (cfg.max_message_bytes * (q + 1)).max(cfg.max_snapshot_bytes.min(shared.inbound_cap));
+    shared.max_frame_bytes.store(max_frame, Ordering::Relaxed);
     shared.max_request_bytes.store(cfg.max_request_bytes + 1024, Ordering::Relaxed);
     shared.metrics.memory_budget.set(budget as i64);
+    // Each peer's share of the inbound bytes, never below one largest message.
+    let per_peer = (shared.inbound_cap / (genesis.n().max(2) - 1)).min(s.peer_queue_bytes as usize);
+    shared.peer_inbound_cap.store(per_peer.max(max_frame + 1024), Ordering::Relaxed);
     let verifier = Box::new(Ed25519Verifier::default());
     let members = genesis.members().to_vec();
     let n_records = opened.records.len();
@@ -825,6 +949,7 @@ pub async fn run(
     let (key, generated) =
         if settings.key_file.is_some() { (keys::load(&key_path)?, false) } else { keys::load_or_generate(&key_path)? };
     let public_hex = hex::encode(key.public_bytes());
+    check_wal_owner(&settings.data_dir.join(WAL_OWNER_FILE), &public_hex)?;
     let pub_path = settings.data_dir.join("replica.pub");
     write_atomically(&pub_path, format!("{public_hex}\n").as_bytes())
         .map_err(|source| ServerError::Io { path: pub_path, source })?;
@@ -852,13 +977,18 @@ pub async fn run(
         input: OnceLock::new(),
         inbound_bytes: AtomicUsize::new(0),
         inbound_cap: (limit / 100 * 10) as usize,
-        max_message_bytes: AtomicUsize::new(4 << 20),
+        inbound_by_peer: Mutex::new(HashMap::new()),
+        peer_inbound_cap: AtomicUsize::new(((limit / 100 * 10) as usize / 3).min(settings.peer_queue_bytes as usize)),
+        max_frame_bytes: AtomicUsize::new(4 << 20),
+        client_bytes: Arc::new(AtomicUsize::new(0)),
+        client_bytes_cap: (limit / 100 * 5) as usize,
         max_request_bytes: AtomicUsize::new(128 << 10),
         status: Mutex::new(StatusReply::default()),
         evidence: Mutex::new(vec![]),
         peers: Mutex::new(HashMap::new()),
         metrics: Metrics::new(),
         memory_used: AtomicU64::new(0),
+        snapshot_bytes: AtomicU64::new(0),
         memory_limit: AtomicU64::new(limit),
         shutting_down: AtomicBool::new(false),
         client_calls: Arc::new(Semaphore::new(settings.max_client_calls as usize)),
@@ -888,7 +1018,7 @@ pub async fn run(
                 s.memory_used.store(u, Ordering::Relaxed);
                 s.metrics.memory_used.set(u as i64);
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = tokio::time::sleep(SAMPLE_EVERY) => {}
                     _ = sd.changed() => return,
                 }
             }
@@ -896,7 +1026,8 @@ pub async fn run(
     }
 
     // gRPC: peers port serves all services; client port client+admin; admin port admin.
-    let max_in = 64 << 20;
+    // Decoding limit of peer frames: the inbound byte cap (the driver's frame limit is at most that).
+    let max_in = (shared.inbound_cap).max(8 << 20);
     let peer_svc = || PeerServer::new(PeerSvc(shared.clone())).max_decoding_message_size(max_in);
     let client_svc = || {
         ClientServer::new(ClientSvc(shared.clone()))

@@ -196,19 +196,28 @@ impl Wal {
         let keep = retain(std::mem::take(&mut self.live), stable);
         let tmp = self.dir.join("wal.log.tmp");
         let path = self.dir.join("wal.log");
-        let mut data = vec![];
+        // Record by record through a small buffer: the kept records include a
+        // snapshot of the whole state, and a second in-memory copy of it here
+        // was a large part of the memory burst at every stable checkpoint.
+        let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io(&tmp))?;
+        let mut w = std::io::BufWriter::with_capacity(64 << 10, f);
+        let mut written = 0usize;
+        let mut one = vec![];
         for r in &keep {
-            frame(&mut data, r);
+            one.clear();
+            frame(&mut one, r);
+            w.write_all(&one).map_err(io(&tmp))?;
+            written += one.len();
         }
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io(&tmp))?;
-        f.write_all(&data).map_err(io(&tmp))?;
+        let f = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
         f.sync_all().map_err(io(&tmp))?;
         drop(f);
+        drop(one);
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         sync_dir(&self.dir)?;
         self.file = OpenOptions::new().append(true).open(&path).map_err(io(&path))?;
-        tracing::debug!(stable, records = keep.len(), bytes = data.len(), "write-ahead log compacted");
-        self.bytes = data.len() as u64;
+        tracing::debug!(stable, records = keep.len(), bytes = written, "write-ahead log compacted");
+        self.bytes = written as u64;
         self.live = keep;
         Ok(())
     }
