@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite (what `make test` and CI run): formatting and lints,
-# unit tests, the deterministic simulator over many seeds, and the real
-# Kubernetes test bed's smoke test. Exits non-zero on the first failure and
-# always tears the test bed down.
+# The whole test suite (what `make test` and CI run): formatting, unit and
+# local-cluster tests (incl. the fault-injection replica), the deterministic
+# simulator over many seeds, the Helm chart and manifests, and on the real
+# Kubernetes test bed: smoke test, CRD admission, server-side validation of
+# every manifest, and the operator end to end. Exits non-zero on the first
+# failure and always tears the test bed down.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -23,8 +25,20 @@ cargo fmt --all -- --check
 step "build (release)"
 cargo build --release --workspace --all-targets
 
-step "unit tests"
+step "fault-injection replica build (tests only; never in release images)"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+CARGO_TARGET_DIR="$TARGET/fault-injection" cargo build --release -p replica --features fault-injection --bin pbft-replica
+export PBFT_FI_REPLICA="$TARGET/fault-injection/release/pbft-replica"
+export PBFT_REPLICA_FAULTY_BIN="$PBFT_FI_REPLICA"
+
+step "unit and local-cluster tests (equivocating and conflicting-vote replicas included)"
 cargo test --release --workspace
+
+step "Helm chart, install manifest and examples (offline checks; Helm built from source once, cached)"
+e2e/testbed/build-binaries.sh helm
+source e2e/testbed/versions.env
+export PATH="$K8S_BIN:$HELM_BIN:$PATH"
+scripts/check-manifests.sh
 
 step "simulator: $SEEDS seeds at n=4 and n=7, every fault mix"
 "${CARGO_TARGET_DIR:-target}/release/pbft-sim" --seeds "$SEEDS"
@@ -44,6 +58,12 @@ else
   step "ConsensusCluster CRD admission on the real apiserver"
   PBFT_E2E_KUBECONFIG="$(e2e/cluster.sh kubeconfig)" \
     PBFT_OPERATOR_BIN="${CARGO_TARGET_DIR:-target}/release/pbft-operator" operator/tests/crd-admission.sh
+  step "every rendered manifest and example, validated strictly by the apiserver"
+  KUBECONFIG="$(e2e/cluster.sh kubeconfig)" scripts/check-manifests.sh
+  step "images of this build into the cluster"
+  PBFT_REPLICA_BIN="$TARGET/release/pbft-replica" PBFT_OPERATOR_BIN="$TARGET/release/pbft-operator" e2e/cluster.sh images
+  step "the operator end to end (Helm install, clusters, pod loss, scaling, helm test)"
+  KUBECONFIG="$(e2e/cluster.sh kubeconfig)" PBFTCTL="$TARGET/release/pbftctl" e2e/operator.sh test
 fi
 
 step "all tests passed in $(( $(date +%s) - started ))s"
