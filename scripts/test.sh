@@ -28,11 +28,14 @@ cargo build --release --workspace --all-targets
 step "fault-injection replica build (tests only; never in release images)"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 CARGO_TARGET_DIR="$TARGET/fault-injection" cargo build --release -p replica --features fault-injection --bin pbft-replica
-export PBFT_FI_REPLICA="$TARGET/fault-injection/release/pbft-replica"
-export PBFT_REPLICA_FAULTY_BIN="$PBFT_FI_REPLICA"
+FI_REPLICA="$TARGET/fault-injection/release/pbft-replica"
+export PBFT_REPLICA_FAULTY_BIN="$FI_REPLICA"
 
-step "unit and local-cluster tests (equivocating and conflicting-vote replicas included)"
+step "unit and local-cluster tests"
 cargo test --release --workspace
+
+step "local-cluster tests with fault-injection replicas (an equivocating primary, a conflicting voter)"
+PBFT_FI_REPLICA="$FI_REPLICA" cargo test --release -p replica --test faults
 
 step "Helm chart, install manifest and examples (offline checks; Helm built from source once, cached)"
 e2e/testbed/build-binaries.sh helm
