@@ -88,10 +88,10 @@ pub fn merge(
 ) -> Vec<Finding> {
     let mut new = vec![];
     for f in findings {
-        if records.iter().any(|r| r.digest.as_deref() == Some(f.digest.as_str())) || new.contains(f) {
-            continue;
-        }
-        if new.iter().any(|n: &Finding| n.digest == f.digest) {
+        let seen = |d: &str| {
+            records.iter().any(|r| r.digest.as_deref() == Some(d)) || new.iter().any(|n: &Finding| n.digest == d)
+        };
+        if seen(&f.digest) {
             continue;
         }
         records.push(EvidenceRecord {
