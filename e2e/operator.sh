@@ -114,32 +114,27 @@ scenario_pod_loss() {
     -o custom-columns=REASON:.reason,MESSAGE:.message --no-headers | tail -4
 }
 
+# scale_to NS NAME F: sets faultTolerance and waits until 3f+1 members are all ready; prints the time taken.
+scale_to() {
+  local ns=$1 name=$2 f=$3 n=$((3 * $3 + 1)) t0 i
+  t0=$(now_ms)
+  kubectl -n "$ns" patch cc "$name" --type merge -p "{\"spec\":{\"faultTolerance\":$f}}" >/dev/null
+  for ((i = 0; i < 300; i++)); do
+    [[ "$(field "$ns" "$name" '{.status.replicas}')" == "$n" ]] && wait_available "$ns" "$name" 1 2>/dev/null && break
+    sleep 1
+  done
+  if [[ "$(field "$ns" "$name" '{.status.readyReplicas}')" == "$n" ]]; then
+    pass "scaled to f=$f ($n members, one membership change at a time) in $(( $(now_ms) - t0 )) ms"
+  else
+    fail "scaling to f=$f did not finish"
+  fi
+}
+
 scenario_scale() {
-  local ns=e2e-basic name=small t0
-  t0=$(now_ms)
-  kubectl -n "$ns" patch cc "$name" --type merge -p '{"spec":{"faultTolerance":2}}' >/dev/null
-  local i
-  for ((i = 0; i < 300; i++)); do
-    [[ "$(field "$ns" "$name" '{.status.replicas}')" == 7 ]] && wait_available "$ns" "$name" 1 2>/dev/null && break
-    sleep 1
-  done
-  if [[ "$(field "$ns" "$name" '{.status.readyReplicas}')" == 7 ]]; then
-    pass "scaled f=1 -> 2 (4 -> 7 members, one membership change each) in $(( $(now_ms) - t0 )) ms"
-  else
-    fail "scale up to f=2 did not finish"
-  fi
+  local ns=e2e-basic name=small
+  scale_to "$ns" "$name" 2
   [[ "$(ctl "$ns" "$name" get k7)" == v7 ]] && pass "data written before the scale-up is read from the 7-member cluster" || fail "k7 lost"
-  t0=$(now_ms)
-  kubectl -n "$ns" patch cc "$name" --type merge -p '{"spec":{"faultTolerance":1}}' >/dev/null
-  for ((i = 0; i < 300; i++)); do
-    [[ "$(field "$ns" "$name" '{.status.replicas}')" == 4 ]] && wait_available "$ns" "$name" 1 2>/dev/null && break
-    sleep 1
-  done
-  if [[ "$(field "$ns" "$name" '{.status.readyReplicas}')" == 4 ]]; then
-    pass "scaled back to f=1 in $(( $(now_ms) - t0 )) ms"
-  else
-    fail "scale down to f=1 did not finish"
-  fi
+  scale_to "$ns" "$name" 1
   [[ "$(ctl "$ns" "$name" get k20)" == v20 ]] && pass "data survives scaling down" || fail "k20 lost"
 }
 

@@ -25,27 +25,8 @@ struct Cli {
 enum Command {
     /// Run the controller.
     Run {
-        /// Replica image for clusters whose spec names none.
-        #[arg(long, env = "PBFT_REPLICA_IMAGE", default_value = pbft_operator::validate::DEFAULT_REPLICA_IMAGE)]
-        replica_image: String,
-        /// Address of `/metrics`, `/healthz` and `/readyz`.
-        #[arg(long, env = "PBFT_OPERATOR_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
-        metrics_listen: std::net::SocketAddr,
-        /// Elect one active instance through a Lease (turn off only when running a single instance).
-        #[arg(long, env = "PBFT_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
-        leader_election: bool,
-        /// Name of the leader Lease.
-        #[arg(long, default_value = "pbft-operator")]
-        lease_name: String,
-        /// Namespace of the leader Lease (default: the pod's namespace).
-        #[arg(long, env = "POD_NAMESPACE")]
-        lease_namespace: Option<String>,
-        /// Identity in the Lease (default: the pod name).
-        #[arg(long, env = "POD_NAME")]
-        identity: Option<String>,
-        /// Watch only this namespace (default: all).
-        #[arg(long, env = "PBFT_WATCH_NAMESPACE")]
-        watch_namespace: Option<String>,
+        #[command(flatten)]
+        settings: pbft_operator::run::RunSettings,
         /// Log format: text or json.
         #[arg(long, env = "PBFT_LOG_FORMAT", default_value = "text")]
         log_format: String,
@@ -110,27 +91,8 @@ fn read_yaml<T: serde::de::DeserializeOwned>(path: &PathBuf) -> Result<T, CliErr
 
 fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Run {
-            replica_image,
-            metrics_listen,
-            leader_election,
-            lease_name,
-            lease_namespace,
-            identity,
-            watch_namespace,
-            log_format,
-        } => {
+        Command::Run { settings, log_format } => {
             init_tracing(&log_format)?;
-            let identity = identity.unwrap_or_else(|| format!("pbft-operator-{}", std::process::id()));
-            let settings = pbft_operator::run::RunSettings {
-                replica_image,
-                metrics_listen,
-                leader_election,
-                lease_name,
-                lease_namespace,
-                identity,
-                watch_namespace: watch_namespace.filter(|n| !n.is_empty()),
-            };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(CliError::Runtime)?;
             rt.block_on(pbft_operator::run::run(settings))?;
         }

@@ -19,16 +19,29 @@ use crate::reconcile::{error_policy, reconcile, Context};
 use crate::validate::OperatorDefaults;
 use crate::ConsensusCluster;
 
-/// Settings of the controller process.
-#[derive(Clone, Debug)]
+/// Settings of the controller process (the flags of `pbft-operator run`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct RunSettings {
+    /// Replica image for clusters whose spec names none.
+    #[arg(long, env = "PBFT_REPLICA_IMAGE", default_value = crate::validate::DEFAULT_REPLICA_IMAGE)]
     pub replica_image: String,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "PBFT_OPERATOR_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
     pub metrics_listen: SocketAddr,
+    /// Elect one active instance through a Lease (turn off only when running a single instance).
+    #[arg(long, env = "PBFT_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "pbft-operator")]
     pub lease_name: String,
+    /// Namespace of the leader Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
-    pub identity: String,
-    /// Only this namespace (all when `None`).
+    /// Identity in the Lease (default: the pod name, else pbft-operator-<pid>).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "PBFT_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
 }
 
@@ -67,7 +80,9 @@ async fn serve_http(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
 }
 
 /// Runs the operator until SIGTERM/SIGINT (Ok) or a lost lease (Err).
-pub async fn run(s: RunSettings) -> Result<(), RunError> {
+pub async fn run(mut s: RunSettings) -> Result<(), RunError> {
+    let identity = s.identity.take().unwrap_or_else(|| format!("pbft-operator-{}", std::process::id()));
+    s.watch_namespace = s.watch_namespace.take().filter(|n| !n.is_empty());
     let metrics = Arc::new(Metrics::new());
     let listener = tokio::net::TcpListener::bind(s.metrics_listen)
         .await
@@ -81,7 +96,7 @@ pub async fn run(s: RunSettings) -> Result<(), RunError> {
         let election = Election {
             api: Api::<Lease>::namespaced(client.clone(), &ns),
             lease_name: s.lease_name.clone(),
-            identity: s.identity.clone(),
+            identity: identity.clone(),
         };
         tokio::select! {
             _ = election.acquire() => {}
@@ -93,7 +108,7 @@ pub async fn run(s: RunSettings) -> Result<(), RunError> {
         metrics.set_leader(true);
     }
 
-    let reporter = Reporter { controller: "pbft-operator".into(), instance: Some(s.identity.clone()) };
+    let reporter = Reporter { controller: "pbft-operator".into(), instance: Some(identity) };
     let ctx = Arc::new(Context {
         client: client.clone(),
         defaults: OperatorDefaults { replica_image: s.replica_image.clone() },
