@@ -25,6 +25,15 @@ fn written(m: &MembershipInput, f: u32) -> (std::path::PathBuf, String) {
     (path, text)
 }
 
+/// Members 0.. with the public keys of `keys`.
+fn members_with_keys(keys: &[Keypair]) -> impl Iterator<Item = ObservedMember> + '_ {
+    keys.iter().enumerate().map(|(i, k)| ObservedMember {
+        id: i as u32,
+        public_key: Some(hex::encode(k.public_bytes())),
+        key_secret: None,
+    })
+}
+
 #[test]
 fn replica_reads_a_complete_membership() {
     let keys: Vec<Keypair> = (1..=7u8).map(|i| Keypair::from_secret([i; 32])).collect();
@@ -32,15 +41,7 @@ fn replica_reads_a_complete_membership() {
     let m = MembershipInput {
         epoch: 0,
         admin_key: Some(hex::encode(admin.public_bytes())),
-        members: keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| ObservedMember {
-                id: i as u32,
-                public_key: Some(hex::encode(k.public_bytes())),
-                key_secret: None,
-            })
-            .collect(),
+        members: members_with_keys(&keys).collect(),
     };
     let (path, text) = written(&m, 2);
     let file = MembershipFile::read(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -61,14 +62,7 @@ fn replica_waits_on_a_bootstrap_file() {
     let m = MembershipInput {
         epoch: 0,
         admin_key: Some(hex::encode(Keypair::from_secret([99; 32]).public_bytes())),
-        members: keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| ObservedMember {
-                id: i as u32,
-                public_key: Some(hex::encode(k.public_bytes())),
-                key_secret: None,
-            })
+        members: members_with_keys(&keys)
             .chain([ObservedMember { id: 3, public_key: None, key_secret: None }])
             .collect(),
     };
