@@ -11,6 +11,7 @@ mod crypto;
 mod error;
 mod http;
 mod load;
+mod procstat;
 mod report;
 mod results;
 mod run;

@@ -130,7 +130,11 @@ impl Machine {
             model,
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             memory_gib: mem_kib as f64 / (1024.0 * 1024.0),
-            loadavg_at_start: read("/proc/loadavg").split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0),
+            loadavg_at_start: read("/proc/loadavg")
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0),
             hostname: read("/proc/sys/kernel/hostname").trim().to_string(),
         }
     }

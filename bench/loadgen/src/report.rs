@@ -525,7 +525,8 @@ const FAIRNESS: &str = "\
   CheckTx only and would need a second round trip (polling the tx index) to learn the commit, adding latency of its own. \
   Changed from the defaults: `timeout_commit` (probed, see above), `mempool.size` / `cache_size` raised (so a wide sweep is \
   not refused as full), `rpc.max_subscription_clients` raised and `max_open_connections` unlimited (every \
-  `broadcast_tx_commit` holds a subscription), `p2p.send_rate` / `recv_rate` 50 MB/s instead of 5 MB/s, `tx_index = null`, \
+  `broadcast_tx_commit` holds a subscription), `p2p.send_rate` / `recv_rate` 50 MB/s instead of 5 MB/s, `p2p.flush_throttle_timeout` 10 ms instead of 100 ms (the \
+  value of CometBFT's own test configuration; 100 ms delays every consensus message), `tx_index = null`, \
   `log_level = error`.
 - **Not equal, and not removable here**: (1) everything shares one small machine, so a system with more processes (ours \
   n=7) or a heavier client (ours: ed25519 per request and per reply) pays for it in the same cores; (2) the default kvstore \

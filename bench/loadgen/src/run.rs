@@ -51,6 +51,9 @@ pub struct RunArgs {
     /// CometBFT timeout_commit candidates, each probed at one closed-loop point; the best is used [0s,10ms,100ms,1s].
     #[arg(long, value_delimiter = ',')]
     pub comet_timeouts: Vec<String>,
+    /// CometBFT p2p.flush_throttle_timeout (its default is 100ms).
+    #[arg(long, default_value = "10ms")]
+    pub comet_flush_throttle: String,
     /// CometBFT app: kvstore (in memory) or persistent_kvstore.
     #[arg(long, default_value = "kvstore")]
     pub comet_app: String,
@@ -301,6 +304,7 @@ impl Runner {
             app: self.plan.comet_app.clone(),
             mempool_size: self.plan.comet_mempool_size,
             max_clients: 2 * self.plan.clients.last().copied().unwrap_or(1) + 64,
+            flush_throttle: self.args.comet_flush_throttle.clone(),
         }
     }
 

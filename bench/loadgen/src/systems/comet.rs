@@ -8,6 +8,8 @@
 //! full"), `rpc.max_subscription_clients` / `max_open_connections` (each
 //! `broadcast_tx_commit` holds an event subscription), `p2p.send_rate` /
 //! `recv_rate` (5 MB/s per peer by default: a WAN limit, lifted on loopback),
+//! `p2p.flush_throttle_timeout` (100 ms by default, which delays every
+//! consensus message; 10 ms as in CometBFT's own test configuration),
 //! `tx_index.indexer = "null"` (we do not index either), `log_level = "error"`.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -31,6 +33,8 @@ pub struct CometConfig {
     pub app: String,
     pub mempool_size: u64,
     pub max_clients: usize,
+    /// `p2p.flush_throttle_timeout` (default 100 ms; CometBFT's own test config uses 10 ms).
+    pub flush_throttle: String,
 }
 
 /// Sets `key = value` in `[section]` ("" = before the first section) of a TOML text; the key must exist.
@@ -104,6 +108,7 @@ pub async fn start(
             ("rpc", "timeout_broadcast_tx_commit", quoted("30s")),
             ("p2p", "laddr", quoted(&format!("tcp://{ip}:{p2p}"))),
             ("p2p", "send_rate", "52428800".into()),
+            ("p2p", "flush_throttle_timeout", quoted(&cfg.flush_throttle)),
             ("p2p", "recv_rate", "52428800".into()),
             ("mempool", "size", cfg.mempool_size.to_string()),
             ("mempool", "cache_size", (2 * cfg.mempool_size).to_string()),
