@@ -37,6 +37,12 @@ pub struct Workload {
     pub keyspace: u64,
 }
 
+/// A number no earlier point of this process used (puts stay unique across points).
+fn point_nonce() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 impl Workload {
     /// The key of client `c`'s `seq`-th put among `clients`.
     pub fn key(&self, c: usize, clients: usize, seq: u64) -> Vec<u8> {
@@ -44,9 +50,10 @@ impl Workload {
         format!("bench-{c:05}-{:06}", seq % share).into_bytes()
     }
 
-    /// A value of exactly `value_size` bytes (letters and digits only: a valid kvstore tx part), unique per (c, seq).
-    pub fn value(&self, c: usize, seq: u64) -> Vec<u8> {
-        let mut v = format!("c{c}n{seq}v").into_bytes();
+    /// A value of exactly `value_size` bytes (letters and digits only: a valid kvstore tx part),
+    /// unique per (process, point, c, seq).
+    pub fn value(&self, nonce: u64, c: usize, seq: u64) -> Vec<u8> {
+        let mut v = format!("{}p{nonce}c{c}n{seq}v", std::process::id()).into_bytes();
         v.resize(self.value_size.max(v.len()), b'x');
         v.truncate(self.value_size);
         v
@@ -123,6 +130,10 @@ pub struct Point {
     pub timeline_100ms: Vec<u32>,
     /// Longest time without any completion inside the window, in ms.
     pub longest_gap_ms: f64,
+    /// With an event (a kill): the longest time between two completions, the second after
+    /// the event (completions after the window count), in ms; None: nothing completed after it.
+    #[serde(default)]
+    pub gap_after_event_ms: Option<f64>,
     /// Our replicas' counters over the window (None for the other systems).
     #[serde(default)]
     pub replica_counters: Option<ReplicaCounters>,
@@ -208,20 +219,22 @@ pub async fn run_point(
     let window_start = start + warmup;
     let end = window_start + measure;
     let ticket = Arc::new(AtomicU64::new(0));
+    let nonce = point_nonce();
     let mut tasks = Vec::with_capacity(n_clients);
     for (c, client) in clients.into_iter().enumerate() {
         let ticket = ticket.clone();
-        tasks.push(tokio::spawn(drive(client, c, n_clients, shape, workload, start, end, ticket)));
+        tasks.push(tokio::spawn(drive(client, c, n_clients, shape, workload, nonce, start, end, ticket)));
     }
     // CPU over exactly the measured window; the optional event inside it.
     let pids_owned = pids.to_vec();
     let metrics = metrics.to_vec();
     let timeline = opts.timeline;
+    let event_at = opts.event_at;
     let sampler = tokio::spawn(async move {
         tokio::time::sleep_until(window_start.into()).await;
         let a = CpuSnapshot::take(&pids_owned);
         let ma = scrape_all(&metrics).await;
-        if let (Some(at), Some(ev)) = (opts.event_at, event) {
+        if let (Some(at), Some(ev)) = (event_at, event) {
             tokio::time::sleep_until((window_start + measure.mul_f64(at.clamp(0.0, 1.0))).into()).await;
             ev();
         }
@@ -240,7 +253,8 @@ pub async fn run_point(
             Err(_) => {} // stuck past every timeout: its samples are lost, counted as missing below
         }
     }
-    let mut p = summarize(shape, workload, timing, outs, CpuUse::between(&a, &b, clock_ticks()), timeline);
+    let event_us = opts.event_at.map(|at| ((timing.warmup_s + timing.measure_s * at.clamp(0.0, 1.0)) * 1e6) as u64);
+    let mut p = summarize(shape, workload, timing, outs, CpuUse::between(&a, &b, clock_ticks()), timeline, event_us);
     p.replica_counters = ReplicaCounters::between(&ma, &mb, p.completed);
     Ok(p)
 }
@@ -252,6 +266,7 @@ async fn drive(
     clients: usize,
     shape: Shape,
     w: Workload,
+    nonce: u64,
     start: Instant,
     end: Instant,
     ticket: Arc<AtomicU64>,
@@ -282,7 +297,7 @@ async fn drive(
                 due
             }
         };
-        let (key, value) = (w.key(c, clients, seq), w.value(c, seq));
+        let (key, value) = (w.key(c, clients, seq), w.value(nonce, c, seq));
         seq += 1;
         match client.put(&key, &value).await {
             Ok(()) => {
@@ -311,6 +326,7 @@ fn summarize(
     outs: Vec<TaskOut>,
     cpu: CpuUse,
     want_timeline: bool,
+    event_us: Option<u64>,
 ) -> Point {
     let w0 = (timing.warmup_s * 1e6) as u64;
     let w1 = ((timing.warmup_s + timing.measure_s) * 1e6) as u64;
@@ -322,6 +338,7 @@ fn summarize(
     };
     let mut lat = vec![];
     let mut done_times = vec![];
+    let mut all_done = vec![];
     let mut errors = 0;
     let mut first_error = None;
     let mut last_write = None;
@@ -331,6 +348,9 @@ fn summarize(
             lat.push(s.done_us.saturating_sub(s.start_us));
         }
         done_times.extend(o.samples.iter().map(|s| s.done_us).filter(|t| *t >= w0 && *t < w1));
+        if event_us.is_some() {
+            all_done.extend(o.samples.iter().map(|s| s.done_us));
+        }
         errors += o.errors.iter().filter(|t| **t >= w0 && **t < w1).count() as u64;
         if first_error.is_none() {
             first_error.clone_from(&o.first_error);
@@ -355,9 +375,26 @@ fn summarize(
         gap = gap.max(t.saturating_sub(prev));
         prev = t;
     }
+    all_done.sort_unstable();
+    let gap_after_event_ms = event_us.and_then(|ev| {
+        let first_after = all_done.iter().position(|t| *t > ev)?;
+        let mut gap = 0u64;
+        for i in first_after.max(1)..all_done.len() {
+            gap = gap.max(all_done[i] - all_done[i - 1]);
+        }
+        if first_after == 0 {
+            gap = gap.max(all_done[0].saturating_sub(ev));
+        }
+        Some(gap as f64 / 1000.0)
+    });
     let completed = lat.len() as u64;
     let missed = match shape {
-        Shape::Open { rate, .. } => ((rate * timing.measure_s).round() as u64).saturating_sub(completed + errors),
+        Shape::Open { rate, .. } => {
+            // Tickets i with due time i/rate in [w0, w1).
+            let due = (timing.warmup_s + timing.measure_s) * rate;
+            let first = timing.warmup_s * rate;
+            ((due.ceil() - first.ceil()).max(0.0) as u64).saturating_sub(completed + errors)
+        }
         Shape::Closed { .. } => 0,
     };
     let per_1k = |s: f64| if completed == 0 { 0.0 } else { s * 1000.0 / completed as f64 };
@@ -376,6 +413,7 @@ fn summarize(
         first_error,
         timeline_100ms: timeline,
         longest_gap_ms: gap as f64 / 1000.0,
+        gap_after_event_ms,
         replica_counters: None,
         last_write,
     }
@@ -390,11 +428,13 @@ mod tests {
         let w = Workload { value_size: 100, keyspace: 1000 };
         assert_eq!(w.key(3, 10, 0), w.key(3, 10, 100), "client 3 cycles over 100 keys");
         assert_ne!(w.key(3, 10, 0), w.key(4, 10, 0));
-        assert_eq!(w.value(1, 7).len(), 100);
-        assert_ne!(w.value(1, 7), w.value(1, 8));
-        assert_ne!(w.value(1, 7), w.value(2, 7));
-        assert!(w.value(1, 7).iter().all(|b| b.is_ascii_alphanumeric()));
-        assert_eq!(Workload { value_size: 1024, keyspace: 1 }.value(0, 0).len(), 1024);
+        assert_eq!(w.value(0, 1, 7).len(), 100);
+        assert_ne!(w.value(0, 1, 7), w.value(0, 1, 8));
+        assert_ne!(w.value(0, 1, 7), w.value(0, 2, 7));
+        assert_ne!(w.value(0, 1, 7), w.value(1, 1, 7), "another point, another value");
+        assert!(w.value(0, 1, 7).iter().all(|b| b.is_ascii_alphanumeric()));
+        assert_eq!(Workload { value_size: 1024, keyspace: 1 }.value(0, 0, 0).len(), 1024);
+        assert_ne!(point_nonce(), point_nonce());
     }
 
     #[test]
@@ -419,13 +459,17 @@ mod tests {
         let w = Workload { value_size: 1, keyspace: 1 };
         let s = [(500_000, 900_000), (1_000_000, 1_100_000), (1_100_000, 1_200_000), (2_500_000, 2_600_000)];
         let o = || vec![out(&s, &[1_500_000, 3_500_000])];
-        let closed = summarize(Shape::Closed { clients: 1 }, w, timing, o(), CpuUse::default(), true);
+        let closed = summarize(Shape::Closed { clients: 1 }, w, timing, o(), CpuUse::default(), true, Some(2_000_000));
+        // After the event at 2 s: from 1.2 s to 2.6 s.
+        assert_eq!(closed.gap_after_event_ms, Some(1400.0));
+        let late = summarize(Shape::Closed { clients: 1 }, w, timing, o(), CpuUse::default(), false, Some(2_700_000));
+        assert_eq!(late.gap_after_event_ms, None, "nothing completed after the event");
         assert_eq!((closed.completed, closed.errors, closed.missed), (3, 1, 0));
         assert_eq!(closed.throughput, 1.5);
         // Gap: from 1.2 s to 2.6 s.
         assert!((closed.longest_gap_ms - 1400.0).abs() < 1e-9, "{}", closed.longest_gap_ms);
         assert_eq!(closed.timeline_100ms.iter().sum::<u32>(), 4);
-        let open = summarize(Shape::Open { rate: 5.0, workers: 1 }, w, timing, o(), CpuUse::default(), false);
+        let open = summarize(Shape::Open { rate: 5.0, workers: 1 }, w, timing, o(), CpuUse::default(), false, None);
         // 10 due in the window: 3 completed, 1 error, 6 missed.
         assert_eq!((open.completed, open.errors, open.missed), (3, 1, 6));
         assert!((open.latency_ms.p50 - 100.0).abs() < 1e-9);

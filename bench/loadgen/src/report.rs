@@ -414,16 +414,16 @@ pub fn markdown(r: &RunResults, json: &Path, svg: &str) -> String {
             let _ = writeln!(
                 w,
                 "Closed loop at C={}, {} B; the primary (r{}, view {}) is killed with SIGKILL {:.1} s into the run (half-way through the measured window). \
-                 Longest stretch without a committed put: **{:.0} ms**. Throughput before the kill {:.0} puts/s, from 1 s after the gap to the end {:.0} puts/s; \
+                 Longest stretch without a committed put, ending after the kill: **{}**. Throughput before the kill {:.0} puts/s, from 1 s after the gap to the end of the window {}; \
                  view afterwards: {}. Errors in the window: {}. The replicas' view-change timeout is the default 1000 ms.\n",
                 v.clients,
                 v.value_size,
                 v.killed_replica,
                 v.view_before,
                 v.kill_at_s,
-                v.gap_ms,
+                v.gap_ms.map_or("none committed after the kill".into(), |g| format!("{g:.0} ms")),
                 v.throughput_before,
-                v.throughput_after,
+                v.throughput_after.map_or("n/a (the window ended first)".into(), |t| format!("{t:.0} puts/s")),
                 v.view_after.map_or("unknown".into(), |x| x.to_string()),
                 v.point.errors
             );

@@ -90,11 +90,11 @@ pub struct ViewChangeResult {
     /// Kill time from the start of the run (warm-up included), seconds.
     pub kill_at_s: f64,
     pub point: Point,
-    /// Longest stretch without a committed put after the kill, ms.
-    pub gap_ms: f64,
+    /// Longest stretch without a committed put, ending after the kill, ms (None: no put committed after it).
+    pub gap_ms: Option<f64>,
     pub throughput_before: f64,
-    /// From 1 s after the gap to the end of the window.
-    pub throughput_after: f64,
+    /// From 1 s after the gap to the end of the window (None: that is past the window's end).
+    pub throughput_after: Option<f64>,
     pub status: Vec<serde_json::Value>,
 }
 

@@ -227,7 +227,7 @@ impl Runner {
     }
 
     async fn point(
-        &self,
+        &mut self,
         cluster: &mut Cluster,
         shape: Shape,
         value_size: usize,
@@ -247,6 +247,29 @@ impl Runner {
         )
         .await?;
         log(&format!("  {:<10} {:>5} B  {}", cluster.name, value_size, point_line(&p)));
+        if p.errors > 0 || p.completed == 0 {
+            // What our replicas say right after a troubled point (view, progress, readiness).
+            let st = ours::status_summary(cluster).await;
+            if !st.is_empty() {
+                let brief: Vec<String> = st
+                    .iter()
+                    .map(|s| match s.get("error") {
+                        Some(e) => format!("r{}: {e}", s["id"]),
+                        None => {
+                            format!("r{} view {} exec {} ready {}", s["id"], s["view"], s["executed_seq"], s["ready"])
+                        }
+                    })
+                    .collect();
+                let what = point_line(&p).split("  ").next().unwrap_or("").to_string();
+                self.note(format!(
+                    "{} {what}: {} errors, {} committed; replicas then: {}",
+                    cluster.name,
+                    p.errors,
+                    p.completed,
+                    brief.join("; ")
+                ));
+            }
+        }
         Ok(p)
     }
 
@@ -342,7 +365,7 @@ impl Runner {
         let mut best = 0.0f64;
         let mut stale = 0;
         let mut saturated = false;
-        for &c in &self.plan.clients {
+        for c in self.plan.clients.clone() {
             let p = self.point(&mut cluster, Shape::Closed { clients: c }, value_size, self.plan.sweep).await?;
             let bad = p.errors as f64 > 0.2 * (p.completed + p.errors) as f64 || p.latency_ms.p50 > 10_000.0;
             if p.throughput > best * 1.05 {
@@ -357,6 +380,8 @@ impl Runner {
                 break;
             }
         }
+        // The list ran out: saturated if the last point did not raise the best.
+        saturated |= stale >= 1;
         let sat = sweep
             .iter()
             .max_by(|a, b| a.throughput.total_cmp(&b.throughput))
@@ -366,7 +391,9 @@ impl Runner {
             Shape::Open { .. } => 1,
         };
         if !saturated {
-            self.note(format!("{system} {value_size} B: throughput still rising at C={} (the end of --clients): saturation not reached", sat_clients));
+            self.note(format!(
+                "{system} {value_size} B: throughput still rising at C={sat_clients}, the end of --clients: saturation not reached"
+            ));
         }
         let mut saturation = vec![];
         for _ in 0..self.plan.repeats {
@@ -509,9 +536,13 @@ impl Runner {
         };
         let window_start = timing.warmup_s;
         let window_end = window_start + timing.measure_s;
-        let gap_ms = p.longest_gap_ms;
+        let gap_ms = p.gap_after_event_ms;
         let throughput_before = rate(window_start, kill_at_s);
-        let throughput_after = rate((kill_at_s + gap_ms / 1000.0 + 1.0).min(window_end), window_end);
+        let recovered_from = kill_at_s + gap_ms.unwrap_or(f64::INFINITY) / 1000.0 + 1.0;
+        let throughput_after = (recovered_from < window_end).then(|| rate(recovered_from, window_end));
+        if gap_ms.is_none() {
+            self.note("view change: no put committed after the primary was killed".into());
+        }
         self.results.view_change = Some(ViewChangeResult {
             value_size: value,
             clients,
@@ -623,7 +654,7 @@ pub async fn one_point(
     let plan = args.plan()?;
     let timing = plan.point;
     std::fs::create_dir_all(&args.work_dir).map_err(io(&args.work_dir))?;
-    let r = Runner { args: args.clone(), plan, results: RunResults::default(), json: PathBuf::new() };
+    let mut r = Runner { args: args.clone(), plan, results: RunResults::default(), json: PathBuf::new() };
     let (mut cluster, _, _) = r.start(system, value, comet_timeout).await?;
     let shape = match rate {
         Some(rate) => Shape::Open { rate, workers: clients.unwrap_or(256) },
