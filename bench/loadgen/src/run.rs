@@ -54,6 +54,9 @@ pub struct RunArgs {
     /// CometBFT p2p.flush_throttle_timeout (its default is 100ms).
     #[arg(long, default_value = "10ms")]
     pub comet_flush_throttle: String,
+    /// CometBFT consensus.peer_gossip_sleep_duration (its default is 100ms).
+    #[arg(long, default_value = "10ms")]
+    pub comet_gossip_sleep: String,
     /// CometBFT app: kvstore (in memory) or persistent_kvstore.
     #[arg(long, default_value = "kvstore")]
     pub comet_app: String,
@@ -169,7 +172,7 @@ impl Plan {
         let startup = 15.0;
         let sweep = self.clients.len() as f64 * (self.sweep.warmup_s + self.sweep.measure_s + 1.0);
         let points = 2.0 * self.repeats as f64 * (self.point.warmup_s + self.point.measure_s + 1.0);
-        let per_system = startup + sweep + points;
+        let per_system = 2.0 * startup + sweep + points;
         let comet_probe = if self.systems.iter().any(|s| s == "cometbft") {
             self.comet_timeouts.len() as f64 * (startup + self.sweep.warmup_s + self.sweep.measure_s)
         } else {
@@ -328,6 +331,7 @@ impl Runner {
             mempool_size: self.plan.comet_mempool_size,
             max_clients: 2 * self.plan.clients.last().copied().unwrap_or(1) + 64,
             flush_throttle: self.args.comet_flush_throttle.clone(),
+            gossip_sleep: self.args.comet_gossip_sleep.clone(),
         }
     }
 
@@ -395,6 +399,10 @@ impl Runner {
                 "{system} {value_size} B: throughput still rising at C={sat_clients}, the end of --clients: saturation not reached"
             ));
         }
+        // The reported points on a fresh cluster: the sweep's overload (past saturation) leaves no trace.
+        let sweep_rss = cluster.peak_rss();
+        cluster.stop();
+        let (mut cluster, _, _) = self.start(system, value_size, &comet_timeout).await?;
         let mut saturation = vec![];
         for _ in 0..self.plan.repeats {
             saturation.push(
@@ -418,7 +426,15 @@ impl Runner {
         if read_back == Some(false) {
             self.note(format!("{system} {value_size} B: read-back check failed: {read_back_note}"));
         }
-        let peak_rss = cluster.peak_rss();
+        // Per process, the larger of the sweep's and the reported points' peaks.
+        let peak_rss: Vec<(String, u64)> = cluster
+            .peak_rss()
+            .into_iter()
+            .map(|(name, b)| {
+                let sweep = sweep_rss.iter().find(|(n, _)| *n == name).map_or(0, |(_, x)| *x);
+                (name, b.max(sweep))
+            })
+            .collect();
         let processes = cluster.procs.len();
         cluster.stop();
         let label = match system {

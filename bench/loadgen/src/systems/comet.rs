@@ -10,6 +10,8 @@
 //! `recv_rate` (5 MB/s per peer by default: a WAN limit, lifted on loopback),
 //! `p2p.flush_throttle_timeout` (100 ms by default, which delays every
 //! consensus message; 10 ms as in CometBFT's own test configuration),
+//! `consensus.peer_gossip_sleep_duration` (100 ms by default, the pause of a
+//! gossip routine with nothing to send; 10 ms, its test configuration has 5 ms),
 //! `tx_index.indexer = "null"` (we do not index either), `log_level = "error"`.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -35,6 +37,8 @@ pub struct CometConfig {
     pub max_clients: usize,
     /// `p2p.flush_throttle_timeout` (default 100 ms; CometBFT's own test config uses 10 ms).
     pub flush_throttle: String,
+    /// `consensus.peer_gossip_sleep_duration` (default 100 ms; CometBFT's own test config uses 5 ms).
+    pub gossip_sleep: String,
 }
 
 /// Sets `key = value` in `[section]` ("" = before the first section) of a TOML text; the key must exist.
@@ -113,6 +117,7 @@ pub async fn start(
             ("mempool", "size", cfg.mempool_size.to_string()),
             ("mempool", "cache_size", (2 * cfg.mempool_size).to_string()),
             ("consensus", "timeout_commit", quoted(&cfg.timeout_commit)),
+            ("consensus", "peer_gossip_sleep_duration", quoted(&cfg.gossip_sleep)),
             ("tx_index", "indexer", quoted("null")),
         ];
         for (section, key, value) in &edits {
