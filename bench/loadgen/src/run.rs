@@ -276,7 +276,28 @@ impl Runner {
         Ok(p)
     }
 
+    /// Starts a system, retrying twice with new ports when a process exits at once (a port
+    /// picked free was taken by someone else before the process bound it).
     async fn start(
+        &self,
+        system: &str,
+        value_size: usize,
+        comet_timeout: &str,
+    ) -> Result<(Cluster, String, serde_json::Value), BenchError> {
+        let mut attempt = 0;
+        loop {
+            match self.start_once(system, value_size, comet_timeout).await {
+                Err(BenchError::Exited { what, status, log: path }) if attempt < 2 => {
+                    let tail = std::fs::read_to_string(&path).unwrap_or_default();
+                    log(&format!("{system}: {what} exited ({status}): {}; retrying", tail.lines().last().unwrap_or("")));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(
         &self,
         system: &str,
         value_size: usize,
@@ -422,7 +443,7 @@ impl Runner {
         } else {
             self.note(format!("{system} {value_size} B: nothing committed at saturation; no half-load point"));
         }
-        let (read_back, read_back_note) = read_back(&cluster.target, saturation.last()).await;
+        let (read_back, read_back_note) = read_back(&cluster.target, half.last().or(saturation.last())).await;
         if read_back == Some(false) {
             self.note(format!("{system} {value_size} B: read-back check failed: {read_back_note}"));
         }
