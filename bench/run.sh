@@ -28,12 +28,17 @@ fi
 bench/install-peers.sh
 
 # The fault-injection replica first, copied aside, then the normal one (cargo keeps
-# both builds of the crate, so switching back and forth relinks only).
-FI_BIN="$CARGO_TARGET_DIR/bench-fi/pbft-replica"
-log "building pbft-replica with fault injection"
-cargo build --release -q -p replica --features fault-injection --bin pbft-replica
-mkdir -p "$(dirname "$FI_BIN")"
-cp "$CARGO_TARGET_DIR/release/pbft-replica" "$FI_BIN.tmp" && mv "$FI_BIN.tmp" "$FI_BIN"
+# both builds of the crate, so switching back and forth relinks only). Not with
+# --no-byzantine (the only runs that use it).
+FI_ARGS=()
+if [[ " $* " != *" --no-byzantine "* ]]; then
+  FI_BIN="$CARGO_TARGET_DIR/bench-fi/pbft-replica"
+  log "building pbft-replica with fault injection"
+  cargo build --release -q -p replica --features fault-injection --bin pbft-replica
+  mkdir -p "$(dirname "$FI_BIN")"
+  cp "$CARGO_TARGET_DIR/release/pbft-replica" "$FI_BIN.tmp" && mv "$FI_BIN.tmp" "$FI_BIN"
+  FI_ARGS=(--fi-replica-bin "$FI_BIN")
+fi
 log "building pbft-replica and pbft-bench"
 cargo build --release -q -p replica --bin pbft-replica -p loadgen --bin pbft-bench
 
@@ -43,7 +48,7 @@ git diff --quiet HEAD 2>/dev/null || commit="$commit-dirty"
 log "running (nproc: $(nproc); other heavy processes now: $(ps -eo pcpu=,comm= --sort=-pcpu | awk '$1 > 20 {print $2}' | sort | uniq -c | tr '\n' ' '))"
 exec "$CARGO_TARGET_DIR/release/pbft-bench" run \
   --replica-bin "$CARGO_TARGET_DIR/release/pbft-replica" \
-  --fi-replica-bin "$FI_BIN" \
+  "${FI_ARGS[@]}" \
   --etcd-bin "$ETCD_BIN/etcd" \
   --cometbft-bin "$COMETBFT_BIN/cometbft" \
   --git-commit "$commit" \

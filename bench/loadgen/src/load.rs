@@ -1,4 +1,5 @@
-//! The load generator: the same settings for every system.
+//! The load generator: the same settings for every system, driven by
+//! `pbft::bench::drive` (the loop `pbftctl bench` uses too).
 //!
 //! - closed loop: C clients, each with one outstanding put, sending the next
 //!   as soon as the previous one is committed; throughput counts puts
@@ -16,18 +17,18 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use pbft::bench::{clock_ticks, drive, ClientRun, LoadClient, OpFailure, Schedule, WindowStats, OPEN_LOOP_GRACE};
+
 use crate::clients::{Client, Target, REQUEST_TIMEOUT};
 use crate::error::BenchError;
-use crate::procstat::{clock_ticks, CpuSnapshot, CpuUse};
+use crate::procstat::{CpuSnapshot, CpuUse};
 use crate::systems::ours::{scrape, Counters};
 
-/// Open-loop puts whose slot is this far in the past when the window ends are not sent.
-const GRACE: Duration = Duration::from_secs(5);
+pub use pbft::bench::Latency;
 
 /// Key space and value size.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -73,36 +74,6 @@ pub struct Timing {
 pub enum Shape {
     Closed { clients: usize },
     Open { rate: f64, workers: usize },
-}
-
-/// One put: when it was due (open loop) or sent (closed loop), and when it was committed, in µs from the start.
-#[derive(Clone, Copy, Debug)]
-struct Sample {
-    start_us: u64,
-    done_us: u64,
-}
-
-/// Latency percentiles in milliseconds.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-pub struct Latency {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-    pub mean: f64,
-}
-
-impl Latency {
-    pub fn of(mut us: Vec<u64>) -> Latency {
-        if us.is_empty() {
-            return Latency::default();
-        }
-        us.sort_unstable();
-        let pick = |p: f64| us[((us.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0;
-        let mean = us.iter().sum::<u64>() as f64 / us.len() as f64 / 1000.0;
-        Latency { p50: pick(0.5), p90: pick(0.9), p99: pick(0.99), p999: pick(0.999), max: pick(1.0), mean }
-    }
 }
 
 /// What one load point measured.
@@ -187,11 +158,31 @@ pub struct PointOptions {
     pub event_at: Option<f64>,
 }
 
-struct TaskOut {
-    samples: Vec<Sample>,
-    errors: Vec<u64>,
-    first_error: Option<String>,
+/// One client of a point: its `seq`-th put writes its own key (see [`Workload`]) with a unique value.
+struct PutClient {
+    client: Client,
+    c: usize,
+    clients: usize,
+    workload: Workload,
+    nonce: u64,
+    /// Client 0 remembers its last committed put (read back afterwards).
     last_write: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl LoadClient for PutClient {
+    async fn call(&mut self, seq: u64) -> Result<(), OpFailure> {
+        let key = self.workload.key(self.c, self.clients, seq);
+        let value = self.workload.value(self.nonce, self.c, seq);
+        match self.client.put(&key, &value).await {
+            Ok(()) => {
+                if self.c == 0 {
+                    self.last_write = Some((key, value));
+                }
+                Ok(())
+            }
+            Err(e) => Err(OpFailure { kind: "put", message: e.to_string() }),
+        }
+    }
 }
 
 /// Runs one load point against `target`, sampling the CPU of `pids` over the window.
@@ -209,22 +200,23 @@ pub async fn run_point(
         Shape::Closed { clients } => clients.max(1),
         Shape::Open { workers, .. } => workers.max(1),
     };
+    let nonce = point_nonce();
     let mut clients = Vec::with_capacity(n_clients);
-    for i in 0..n_clients {
-        clients.push(target.client(i).await?);
+    for c in 0..n_clients {
+        let client = target.client(c).await?;
+        clients.push(PutClient { client, c, clients: n_clients, workload, nonce, last_write: None });
     }
     let warmup = Duration::from_secs_f64(timing.warmup_s);
     let measure = Duration::from_secs_f64(timing.measure_s);
     let start = Instant::now() + Duration::from_millis(100);
     let window_start = start + warmup;
     let end = window_start + measure;
-    let ticket = Arc::new(AtomicU64::new(0));
-    let nonce = point_nonce();
-    let mut tasks = Vec::with_capacity(n_clients);
-    for (c, client) in clients.into_iter().enumerate() {
-        let ticket = ticket.clone();
-        tasks.push(tokio::spawn(drive(client, c, n_clients, shape, workload, nonce, start, end, ticket)));
-    }
+    let rate = match shape {
+        Shape::Closed { .. } => None,
+        Shape::Open { rate, .. } => Some(rate),
+    };
+    let schedule = Schedule { start, window_start, end, rate };
+    let load = tokio::spawn(drive(clients, schedule, end + REQUEST_TIMEOUT + OPEN_LOOP_GRACE + Duration::from_secs(5)));
     // CPU over exactly the measured window; the optional event inside it.
     let pids_owned = pids.to_vec();
     let metrics = metrics.to_vec();
@@ -243,123 +235,41 @@ pub async fn run_point(
         (a, b, ma, scrape_all(&metrics).await)
     });
     let (a, b, ma, mb) = sampler.await.map_err(|e| BenchError::Setup(format!("CPU sampler: {e}")))?;
-    let mut outs = vec![];
-    let hard_stop = end + REQUEST_TIMEOUT + GRACE + Duration::from_secs(5);
-    for t in tasks {
-        let remaining = hard_stop.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, t).await {
-            Ok(Ok(o)) => outs.push(o),
-            Ok(Err(e)) => return Err(BenchError::Setup(format!("load task failed: {e}"))),
-            Err(_) => {} // stuck past every timeout: its samples are lost, counted as missing below
-        }
-    }
+    let runs = load.await.map_err(|e| BenchError::Setup(format!("load task failed: {e}")))?;
     let event_us = opts.event_at.map(|at| ((timing.warmup_s + timing.measure_s * at.clamp(0.0, 1.0)) * 1e6) as u64);
-    let mut p = summarize(shape, workload, timing, outs, CpuUse::between(&a, &b, clock_ticks()), timeline, event_us);
+    let mut p = summarize(shape, workload, timing, &runs, CpuUse::between(&a, &b, clock_ticks()), timeline, event_us);
     p.replica_counters = ReplicaCounters::between(&ma, &mb, p.completed);
     Ok(p)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn drive(
-    mut client: Client,
-    c: usize,
-    clients: usize,
-    shape: Shape,
-    w: Workload,
-    nonce: u64,
-    start: Instant,
-    end: Instant,
-    ticket: Arc<AtomicU64>,
-) -> TaskOut {
-    let mut out = TaskOut { samples: Vec::with_capacity(4096), errors: vec![], first_error: None, last_write: None };
-    let us = |t: Instant| t.saturating_duration_since(start).as_micros() as u64;
-    tokio::time::sleep_until(start.into()).await;
-    let mut seq = 0u64;
-    loop {
-        let due = match shape {
-            Shape::Closed { .. } => {
-                let now = Instant::now();
-                if now >= end {
-                    break;
-                }
-                now
-            }
-            Shape::Open { rate, .. } => {
-                let i = ticket.fetch_add(1, Ordering::Relaxed);
-                let due = start + Duration::from_secs_f64(i as f64 / rate);
-                if due >= end {
-                    break;
-                }
-                if Instant::now() > end + GRACE {
-                    break; // hopelessly behind: the rest are missed
-                }
-                tokio::time::sleep_until(due.into()).await;
-                due
-            }
-        };
-        let (key, value) = (w.key(c, clients, seq), w.value(nonce, c, seq));
-        seq += 1;
-        match client.put(&key, &value).await {
-            Ok(()) => {
-                out.samples.push(Sample { start_us: us(due), done_us: us(Instant::now()) });
-                if c == 0 {
-                    out.last_write = Some((key, value));
-                }
-            }
-            Err(e) => {
-                out.errors.push(us(due));
-                if out.first_error.is_none() {
-                    out.first_error = Some(e.to_string());
-                }
-                // Do not spin on a refusing system.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-    out
-}
-
-fn summarize(
+/// The shared window figures (`WindowStats`) plus what only this harness reports:
+/// the timeline, the longest gap, the gap after an event, the last write.
+fn summarize<C: HasLastWrite>(
     shape: Shape,
     workload: Workload,
     timing: Timing,
-    outs: Vec<TaskOut>,
+    runs: &[ClientRun<C>],
     cpu: CpuUse,
     want_timeline: bool,
     event_us: Option<u64>,
 ) -> Point {
     let w0 = (timing.warmup_s * 1e6) as u64;
     let w1 = ((timing.warmup_s + timing.measure_s) * 1e6) as u64;
-    // Closed loop: completions inside the window; open loop: puts due inside it.
-    let open = matches!(shape, Shape::Open { .. });
-    let in_window = |s: &Sample| {
-        let t = if open { s.start_us } else { s.done_us };
-        t >= w0 && t < w1
+    let rate = match shape {
+        Shape::Open { rate, .. } => Some(rate),
+        Shape::Closed { .. } => None,
     };
-    let mut lat = vec![];
+    let st = WindowStats::of(runs, w0, w1, rate);
     let mut done_times = vec![];
     let mut all_done = vec![];
-    let mut errors = 0;
-    let mut first_error = None;
-    let mut last_write = None;
     let mut timeline = vec![];
-    for o in &outs {
-        for s in o.samples.iter().filter(|s| in_window(s)) {
-            lat.push(s.done_us.saturating_sub(s.start_us));
-        }
-        done_times.extend(o.samples.iter().map(|s| s.done_us).filter(|t| *t >= w0 && *t < w1));
+    for r in runs {
+        done_times.extend(r.samples.iter().map(|s| s.done_us).filter(|t| *t >= w0 && *t < w1));
         if event_us.is_some() {
-            all_done.extend(o.samples.iter().map(|s| s.done_us));
-        }
-        errors += o.errors.iter().filter(|t| **t >= w0 && **t < w1).count() as u64;
-        if first_error.is_none() {
-            first_error.clone_from(&o.first_error);
-        }
-        if o.last_write.is_some() {
-            last_write.clone_from(&o.last_write);
+            all_done.extend(r.samples.iter().map(|s| s.done_us));
         }
         if want_timeline {
-            for s in &o.samples {
+            for s in &r.samples {
                 let b = (s.done_us / 100_000) as usize;
                 if timeline.len() <= b {
                     timeline.resize(b + 1, 0u32);
@@ -387,35 +297,37 @@ fn summarize(
         }
         Some(gap as f64 / 1000.0)
     });
-    let completed = lat.len() as u64;
-    let missed = match shape {
-        Shape::Open { rate, .. } => {
-            // Tickets i with due time i/rate in [w0, w1).
-            let due = (timing.warmup_s + timing.measure_s) * rate;
-            let first = timing.warmup_s * rate;
-            ((due.ceil() - first.ceil()).max(0.0) as u64).saturating_sub(completed + errors)
-        }
-        Shape::Closed { .. } => 0,
-    };
+    let completed = st.ops;
     let per_1k = |s: f64| if completed == 0 { 0.0 } else { s * 1000.0 / completed as f64 };
     Point {
         shape,
         value_size: workload.value_size,
         timing,
         completed,
-        errors,
-        missed,
+        errors: st.errors.values().sum(),
+        missed: st.missed,
         throughput: completed as f64 / timing.measure_s,
-        latency_ms: Latency::of(lat),
+        latency_ms: st.latency_ms,
         cpu,
         cpu_per_1k: per_1k(cpu.system_s),
         loadgen_cpu_per_1k: per_1k(cpu.loadgen_s),
-        first_error,
+        first_error: runs.iter().find_map(|r| r.first_error.clone()),
         timeline_100ms: timeline,
         longest_gap_ms: gap as f64 / 1000.0,
         gap_after_event_ms,
         replica_counters: None,
-        last_write,
+        last_write: runs.iter().find_map(|r| r.client.last_write()),
+    }
+}
+
+/// A client that may remember its last committed put.
+trait HasLastWrite {
+    fn last_write(&self) -> Option<(Vec<u8>, Vec<u8>)>;
+}
+
+impl HasLastWrite for PutClient {
+    fn last_write(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        self.last_write.clone()
     }
 }
 
@@ -437,19 +349,21 @@ mod tests {
         assert_ne!(point_nonce(), point_nonce());
     }
 
-    #[test]
-    fn percentiles() {
-        let l = Latency::of((1..=1000).map(|x| x * 1000).collect());
-        assert_eq!((l.p50, l.p99, l.max), (501.0, 990.0, 1000.0));
-        assert_eq!(Latency::of(vec![]).p50, 0.0);
+    impl HasLastWrite for () {
+        fn last_write(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+            None
+        }
     }
 
-    fn out(samples: &[(u64, u64)], errors: &[u64]) -> TaskOut {
-        TaskOut {
-            samples: samples.iter().map(|&(start_us, done_us)| Sample { start_us, done_us }).collect(),
-            errors: errors.to_vec(),
+    fn out(samples: &[(u64, u64)], errors: &[u64]) -> ClientRun<()> {
+        ClientRun {
+            client: (),
+            samples: samples
+                .iter()
+                .map(|&(due_us, done_us)| pbft::bench::Sample { due_us, sent_us: due_us, done_us })
+                .collect(),
+            failures: errors.iter().map(|at| (*at, "put")).collect(),
             first_error: None,
-            last_write: None,
         }
     }
 
@@ -459,17 +373,17 @@ mod tests {
         let w = Workload { value_size: 1, keyspace: 1 };
         let s = [(500_000, 900_000), (1_000_000, 1_100_000), (1_100_000, 1_200_000), (2_500_000, 2_600_000)];
         let o = || vec![out(&s, &[1_500_000, 3_500_000])];
-        let closed = summarize(Shape::Closed { clients: 1 }, w, timing, o(), CpuUse::default(), true, Some(2_000_000));
+        let closed = summarize(Shape::Closed { clients: 1 }, w, timing, &o(), CpuUse::default(), true, Some(2_000_000));
         // After the event at 2 s: from 1.2 s to 2.6 s.
         assert_eq!(closed.gap_after_event_ms, Some(1400.0));
-        let late = summarize(Shape::Closed { clients: 1 }, w, timing, o(), CpuUse::default(), false, Some(2_700_000));
+        let late = summarize(Shape::Closed { clients: 1 }, w, timing, &o(), CpuUse::default(), false, Some(2_700_000));
         assert_eq!(late.gap_after_event_ms, None, "nothing completed after the event");
         assert_eq!((closed.completed, closed.errors, closed.missed), (3, 1, 0));
         assert_eq!(closed.throughput, 1.5);
         // Gap: from 1.2 s to 2.6 s.
         assert!((closed.longest_gap_ms - 1400.0).abs() < 1e-9, "{}", closed.longest_gap_ms);
         assert_eq!(closed.timeline_100ms.iter().sum::<u32>(), 4);
-        let open = summarize(Shape::Open { rate: 5.0, workers: 1 }, w, timing, o(), CpuUse::default(), false, None);
+        let open = summarize(Shape::Open { rate: 5.0, workers: 1 }, w, timing, &o(), CpuUse::default(), false, None);
         // 10 due in the window: 3 completed, 1 error, 6 missed.
         assert_eq!((open.completed, open.errors, open.missed), (3, 1, 6));
         assert!((open.latency_ms.p50 - 100.0).abs() < 1e-9);

@@ -7,7 +7,7 @@
 //! - `point`: one load point against one freshly started system (for profiling).
 
 mod clients;
-mod crypto;
+mod crypto_table;
 mod error;
 mod http;
 mod load;
@@ -41,12 +41,7 @@ enum Cmd {
     /// The whole comparison (bench/run.sh calls this).
     Run(Box<run::RunArgs>),
     /// ed25519 costs on this machine and the ceiling they put on our protocol.
-    Crypto {
-        #[arg(long, default_value_t = 2.0)]
-        seconds: f64,
-        #[arg(long, default_value_t = 4)]
-        n: usize,
-    },
+    Crypto(crypto_table::CryptoArgs),
     /// Regenerates the report and plot from a run's JSON.
     Report {
         #[arg(long)]
@@ -80,24 +75,7 @@ struct PointArgs {
 async fn main_async(cli: Cli) -> Result<(), BenchError> {
     match cli.cmd {
         Cmd::Run(args) => run::run(*args).await.map(|_| ()),
-        Cmd::Crypto { seconds, n } => {
-            let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
-            for bytes in [128usize, 1200] {
-                let c = crypto::measure(bytes, seconds);
-                println!(
-                    "{bytes:>5} B: sign {:.1} µs, verify {:.1} µs, batch verify per signature {:?}",
-                    c.sign_us, c.verify_us, c.verify_batch_us
-                );
-                for b in [1usize, 16, 64, 512] {
-                    let ce = crypto::ceiling(&c, n, b, 64, cores);
-                    println!(
-                        "    n={n} b={b:>3}: {:.2} signs + {:.2} verifies + {:.0} batched per request = {:.0} µs -> {:.0} puts/s on {cores} cores, {:.0} with a core per replica",
-                        ce.count.signs, ce.count.verifies, ce.count.batched_verifies, ce.cpu_us_per_request, ce.machine_rps, ce.per_replica_core_rps
-                    );
-                }
-            }
-            Ok(())
-        }
+        Cmd::Crypto(args) => crypto_table::print(&args).map_err(|e| BenchError::Setup(e.to_string())),
         Cmd::Report { from, report } => {
             let r = results::RunResults::load(&from)?;
             report::write(&r, &from, &report)?;

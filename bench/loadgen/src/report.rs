@@ -3,7 +3,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::crypto::{ceiling, CryptoCosts};
+use pbft::bench::{ceilings, Ceiling, CryptoCosts};
+
 use crate::error::{io, BenchError};
 use crate::load::{Point, Shape};
 use crate::results::{RunResults, Spread, SystemResult};
@@ -40,6 +41,11 @@ fn find<'a>(r: &'a RunResults, system: &str, value: usize) -> Option<&'a SystemR
 /// The crypto costs measured nearest to a request of `value` bytes.
 fn costs_for(r: &RunResults, value: usize) -> Option<&CryptoCosts> {
     r.crypto.iter().min_by_key(|c| c.message_bytes.abs_diff(value + 100))
+}
+
+/// The crypto ceiling of `n` replicas at batch size `b` on the run's cores (checkpoint every 64).
+fn ceiling(c: &CryptoCosts, n: usize, b: f64, cores: usize) -> Option<Ceiling> {
+    ceilings(c, n, 64, cores as f64, &[b]).into_iter().next()
 }
 
 /// Mean batch size our replicas reported at saturation (1 when unknown).
@@ -186,6 +192,28 @@ pub fn markdown(r: &RunResults, json: &Path, svg: &str) -> String {
          Repeats below are shown as median (min–max).",
         noise.median, noise.max, r.machine.cores, pts.len()
     );
+    let steal = Spread::of(pts.iter().map(|p| if p.cpu.wall_s > 0.0 { p.cpu.steal_s / p.cpu.wall_s } else { 0.0 }));
+    let _ = writeln!(
+        w,
+        "- CPU stolen by the hypervisor during the windows: median {:.2}, max {:.2} cores.",
+        steal.median, steal.max
+    );
+    if let Some(n) = &r.noise {
+        let pressure = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.0}%"));
+        let _ = writeln!(
+            w,
+            "- Around the whole run: load average (1/5/15 min) {:.2} / {:.2} / {:.2} at the start, {:.2} / {:.2} / {:.2} at the end; \
+             /proc/pressure/cpu \"some\" avg60 {} → {} (share of time some runnable task waited for a core); \
+             mean busy cores {:.2} of {} (everything, the benchmark included), stolen {:.2}.",
+            n.start.loadavg[0], n.start.loadavg[1], n.start.loadavg[2],
+            n.end.loadavg[0], n.end.loadavg[1], n.end.loadavg[2],
+            pressure(n.start.cpu_pressure_some_avg60),
+            pressure(n.end.cpu_pressure_some_avg60),
+            n.busy_cores,
+            r.machine.cores,
+            n.steal_cores
+        );
+    }
     let _ = writeln!(w, "- Command: `{}`\n", r.command);
 
     let values: Vec<usize> = {
@@ -240,7 +268,7 @@ pub fn markdown(r: &RunResults, json: &Path, svg: &str) -> String {
         let t = |sys: &str| find(r, sys, *v).map_or(0.0, |s| sat(s).median);
         let ceil = |sys: &str, n: usize| {
             let (Some(s), Some(c)) = (find(r, sys, *v), costs_for(r, *v)) else { return 0.0 };
-            ceiling(c, n, observed_batch(s).round() as usize, 64, r.machine.cores).machine_rps
+            ceiling(c, n, observed_batch(s), r.machine.cores).map_or(0.0, |c| c.with_clients_per_sec)
         };
         let _ = writeln!(
             w,
@@ -252,6 +280,67 @@ pub fn markdown(r: &RunResults, json: &Path, svg: &str) -> String {
             ratio(t("ours-n7"), t("etcd")),
             ratio(t("ours-n7"), ceil("ours-n7", 7)),
         );
+    }
+
+    let _ = writeln!(w, "\n## Ratios per sweep point (same C, same value size)\n");
+    let _ = writeln!(
+        w,
+        "Closed loop, the same client count C against each system in the same run: the ratio of throughputs \
+         (ours / peer; above 1: ours is faster) and of p50 latencies (ours / peer; above 1: ours is slower). \
+         A sweep stops two points past its best, so a system may lack the larger C.\n"
+    );
+    for v in &values {
+        let get = |sys: &str, c: usize| {
+            find(r, sys, *v)?
+                .sweep
+                .iter()
+                .find(|p| p.shape == Shape::Closed { clients: c })
+                .map(|p| (p.throughput, p.latency_ms.p50))
+        };
+        let mut cs: Vec<usize> = r
+            .systems
+            .iter()
+            .filter(|s| s.value_size == *v)
+            .flat_map(|s| {
+                s.sweep.iter().filter_map(|p| match p.shape {
+                    Shape::Closed { clients } => Some(clients),
+                    Shape::Open { .. } => None,
+                })
+            })
+            .collect();
+        cs.sort_unstable();
+        cs.dedup();
+        let _ = writeln!(w, "{v} B:\n");
+        let _ = writeln!(w, "| C | ours n=4 puts/s | ours n=7 | etcd | CometBFT | n=4 / etcd | n=4 / CometBFT | n=7 / etcd | n=7 / CometBFT | p50 ms n=4 / etcd / CometBFT | p50 n=4 / etcd | p50 n=4 / CometBFT |");
+        let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+        let num = |x: Option<(f64, f64)>| x.map_or("–".to_string(), |(t, _)| format!("{t:.0}"));
+        let rat = |a: Option<(f64, f64)>, b: Option<(f64, f64)>, lat: bool| match (a, b) {
+            (Some(a), Some(b)) if lat => ratio(a.1, b.1),
+            (Some(a), Some(b)) => ratio(a.0, b.0),
+            _ => "–".into(),
+        };
+        let ms = |x: Option<(f64, f64)>| x.map_or("–".to_string(), |(_, l)| format!("{l:.1}"));
+        for c in cs {
+            let (o4, o7, e, cb) = (get("ours-n4", c), get("ours-n7", c), get("etcd", c), get("cometbft", c));
+            let _ = writeln!(
+                w,
+                "| {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {} |",
+                num(o4),
+                num(o7),
+                num(e),
+                num(cb),
+                rat(o4, e, false),
+                rat(o4, cb, false),
+                rat(o7, e, false),
+                rat(o7, cb, false),
+                ms(o4),
+                ms(e),
+                ms(cb),
+                rat(o4, e, true),
+                rat(o4, cb, true),
+            );
+        }
+        let _ = writeln!(w);
     }
 
     let _ = writeln!(w, "\n## Issue 7's targets\n");
@@ -276,7 +365,7 @@ pub fn markdown(r: &RunResults, json: &Path, svg: &str) -> String {
                 );
             }
             if let (Some(s), Some(c)) = (find(r, "ours-n4", *v), costs_for(r, *v)) {
-                let ce = ceiling(c, 4, observed_batch(s).round() as usize, 64, r.machine.cores).machine_rps;
+                let ce = ceiling(c, 4, observed_batch(s), r.machine.cores).map_or(0.0, |c| c.with_clients_per_sec);
                 let _ = writeln!(
                     w,
                     "- Throughput at n=4 ≥ 50% of the crypto ceiling ({v} B): {} ({:.0}%)",
@@ -309,35 +398,47 @@ pub fn markdown(r: &RunResults, json: &Path, svg: &str) -> String {
     let _ = writeln!(w, "Lines: the closed-loop sweep (C = 1, 2, 4, …), solid for the first value size, dashed for the second; hollow circles: the open-loop points at 50% of saturation.\n");
 
     let _ = writeln!(w, "## The crypto ceiling\n");
-    let _ = writeln!(w, "ed25519-dalek on one core, in CPU time of the measuring thread (so other processes taking the core do not inflate it): sign and verify through `pbft::crypto` as the replica calls them, batches through `ed25519_dalek::verify_batch` (the replica's verifier uses it for 4 or more checks). Median of the rounds (min–max):\n");
-    let _ = writeln!(w, "| message | sign µs | verify µs | batch verify µs/sig (4 / 16 / 64 / 256) |");
-    let _ = writeln!(w, "|---:|---:|---:|---|");
+    let _ = writeln!(w, "ed25519-dalek on one core, in CPU time of the measuring thread (so other processes taking the core do not inflate it), measured by `pbft::bench::measure_crypto`: best of 5 rounds (all rounds' range in brackets), batches through `ed25519_dalek::verify_batch` on one thread.\n");
+    let _ = writeln!(
+        w,
+        "| message | sign µs | verify µs | batch of 8, µs/sig | batch of 64, µs/sig | SHA-256 of 1 KiB µs |"
+    );
+    let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|");
     for c in &r.crypto {
-        let b: Vec<String> = c.verify_batch_us.iter().map(|(_, x)| format!("{x:.1}")).collect();
+        let range = |v: &[f64]| {
+            let s = Spread::of(v.iter().copied());
+            if v.is_empty() {
+                String::new()
+            } else {
+                format!(" ({:.1}–{:.1})", s.min, s.max)
+            }
+        };
         let _ = writeln!(
             w,
-            "| {} B | {} | {} | {} |",
+            "| {} B | {:.1}{} | {:.1}{} | {:.1} | {:.1} | {:.2} |",
             c.message_bytes,
-            spread(Spread::of(c.sign_rounds_us.iter().copied()), 1),
-            spread(Spread::of(c.verify_rounds_us.iter().copied()), 1),
-            b.join(" / ")
+            c.sign_us,
+            range(&c.sign_rounds_us),
+            c.verify_us,
+            range(&c.verify_rounds_us),
+            c.verify_batch8_us,
+            c.verify_batch64_us,
+            c.sha256_1kib_us
         );
     }
     let _ = writeln!(
         w,
-        "\nSignatures per request, counted from the code (n replicas, f = (n-1)/3, b requests per batch, a checkpoint every 64 sequence numbers):\n\n\
-         - the client signs its request (1) and verifies replies until f+1 match (f+1) — `core/client.rs`;\n\
-         - every replica verifies the request when it arrives (n) — `core/requests.rs`;\n\
-         - the backups verify the batch's client signatures again on PRE-PREPARE (n-1, batch-verified) — `batch_is_valid` in `core/ordering.rs`;\n\
-         - every replica signs its reply (n) — `reply_envelope`;\n\
-         - per batch: PRE-PREPARE 1 sign + (n-1) verifies, PREPARE (n-1) signs + (n-1)² verifies, COMMIT n signs + n(n-1) verifies;\n\
+        "\nSignatures per request, as `pbft::bench::SignatureCounts` counts them (n replicas, f = (n-1)/3, b requests per batch, a checkpoint every 64 sequence numbers):\n\n\
+         - the client signs its request (1) and verifies replies until f+1 match (f+1);\n\
+         - every replica verifies the request once (n; the verified-signature cache spares a backup a second check when the request comes again inside a PRE-PREPARE);\n\
+         - every replica signs its reply (n);\n\
+         - per batch: PRE-PREPARE 1 sign + (n-1) verifies, PREPARE (n-1) signs + (n-1)² verifies, COMMIT n signs + n(n-1) verifies (protocol messages are batch-verified, priced at the batch-of-8 or batch-of-64 cost);\n\
          - per checkpoint: n signs + n(n-1) verifies.\n\n\
-         Machine ceiling = cores × 10⁶ / (crypto µs per request of all processes together): the most puts/s this machine could \
-         commit if signatures were the only cost, every replica and the client sharing its cores as in this run. Per-replica-core \
-         ceiling: each replica on a core of its own (the busiest, a backup, bounds it). `verifications/put` is what the replicas' \
-         own `pbft_signature_verifications_total` counted at saturation (replicas only; the client's f+1 are not in it).\n"
+         Ceiling = cores × 10⁶ / (crypto µs per request): the most puts/s this machine could commit if signatures were the only cost, \
+         with the replicas' work alone and with the client's signing and reply checks on the same cores (as in this run; the ratios use this one). \
+         `verifications/put` is what the replicas' own `pbft_signature_verifications_total` counted at saturation (replicas only).\n"
     );
-    let _ = writeln!(w, "| n | value | b (batch) | signs / req | verifies / req | batched / req | crypto µs / req | machine ceiling puts/s | per-replica-core ceiling | measured verifications/put |");
+    let _ = writeln!(w, "| n | value | b (batch) | replica signs / req | replica verifies / req | replica crypto µs / req | client crypto µs / req | ceiling, replicas only, puts/s | ceiling with clients, puts/s | measured verifications/put |");
     let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (sys, n) in [("ours-n4", 4usize), ("ours-n7", 7)] {
         for v in &values {
@@ -347,21 +448,21 @@ pub fn markdown(r: &RunResults, json: &Path, svg: &str) -> String {
                 Spread::of(s.saturation.iter().filter_map(|p| p.replica_counters.map(|c| c.verifications_per_put)))
                     .median
             });
-            let mut bs: Vec<(String, usize)> = vec![("1".into(), 1), ("16".into(), 16), ("512".into(), 512)];
+            let mut bs: Vec<(String, f64)> = vec![("1".into(), 1.0), ("16".into(), 16.0), ("512".into(), 512.0)];
             if let Some(b) = observed {
-                bs.insert(0, (format!("{b:.1} (observed)"), b.round().max(1.0) as usize));
+                bs.insert(0, (format!("{b:.1} (observed)"), b.max(1.0)));
             }
             for (label, b) in bs {
-                let ce = ceiling(c, n, b, 64, r.machine.cores);
+                let Some(ce) = ceiling(c, n, b, r.machine.cores) else { continue };
                 let _ = writeln!(
                     w,
-                    "| {n} | {v} B | {label} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} |",
-                    ce.count.signs,
-                    ce.count.verifies,
-                    ce.count.batched_verifies,
-                    ce.cpu_us_per_request,
-                    ce.machine_rps,
-                    ce.per_replica_core_rps,
+                    "| {n} | {v} B | {label} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+                    ce.counts.replica_signs,
+                    ce.counts.request_verifies + ce.counts.message_verifies,
+                    ce.replica_cpu_us,
+                    ce.client_cpu_us,
+                    ce.replicas_only_per_sec,
+                    ce.with_clients_per_sec,
                     if label.contains("observed") {
                         measured.map_or("–".into(), |x| format!("{x:.2}"))
                     } else {

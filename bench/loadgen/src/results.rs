@@ -5,12 +5,14 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::CryptoCosts;
+use pbft::bench::CryptoCosts;
+
 use crate::error::{io, BenchError};
 use crate::load::Point;
-use crate::procstat::Machine;
+use crate::procstat::{Machine, RunNoise};
 
-pub const SCHEMA: u32 = 1;
+/// 2: crypto costs from `pbft::bench` (best of rounds, batches of 8 and 64), the run's noise.
+pub const SCHEMA: u32 = 2;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RunResults {
@@ -22,6 +24,9 @@ pub struct RunResults {
     pub mode: String,
     pub command: String,
     pub machine: Machine,
+    /// Load average, CPU pressure, busy and stolen cores from the start to the end of the run.
+    #[serde(default)]
+    pub noise: Option<RunNoise>,
     pub settings: serde_json::Value,
     pub crypto: Vec<CryptoCosts>,
     pub systems: Vec<SystemResult>,

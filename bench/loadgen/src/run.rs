@@ -6,14 +6,23 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::clients::Target;
-use crate::crypto;
 use crate::error::{io, BenchError};
 use crate::load::{run_point, Point, PointOptions, Shape, Timing, Workload};
-use crate::procstat::Machine;
+use crate::procstat::{Machine, MachineSample, RunNoise};
 use crate::results::{utc_now, FaultResult, RunResults, Spread, SystemResult, TimeoutProbe, ViewChangeResult, SCHEMA};
 use crate::systems::comet::{self, CometConfig};
 use crate::systems::ours::{self, Faulty, OursConfig};
 use crate::systems::{etcd, Cluster};
+
+/// Message sizes the crypto costs are measured at: a protocol vote, and a request with a 1 KiB value.
+pub const CRYPTO_MESSAGE_BYTES: [usize; 2] = [150, 1100];
+
+/// ed25519 costs at `bytes` for about `seconds` in all (5 rounds, best kept, all recorded).
+pub fn measure_crypto(bytes: usize, seconds: f64) -> pbft::bench::CryptoCosts {
+    // One sign+verify pair is ~100 µs: size the rounds so that the six figures take `seconds`.
+    let iterations = ((seconds / 5.0 / 6.0) / 100e-6).max(50.0) as usize;
+    pbft::bench::measure_crypto(bytes, iterations, 5)
+}
 
 /// Flags of `pbft-bench run`; unset ones take the full-run or (`--quick`) smoke-run default.
 #[derive(Clone, Debug, clap::Args, serde::Serialize)]
@@ -63,10 +72,16 @@ pub struct RunArgs {
     /// Byzantine runs of ours at n=4 (PBFT_FAULTS values; empty: none).
     #[arg(long, value_delimiter = ',', default_values_t = ["flood".to_string(), "equivocate".into()])]
     pub byzantine: Vec<String>,
+    /// Extra argument for every one of our replicas (repeatable), e.g. --replica-arg=--max-inflight-batches=4.
+    #[arg(long = "replica-arg", allow_hyphen_values = true)]
+    pub replica_args: Vec<String>,
+    /// Skip the Byzantine runs (then bench/run.sh does not build the fault-injection replica).
+    #[arg(long)]
+    pub no_byzantine: bool,
     /// Skip the view-change run.
     #[arg(long)]
     pub no_view_change: bool,
-    /// Seconds per crypto measurement [2; quick 0.3].
+    /// Seconds of crypto measurement per message size [2; quick 0.3].
     #[arg(long)]
     pub crypto_seconds: Option<f64>,
     #[arg(long, env = "PBFT_BENCH_REPLICA")]
@@ -155,7 +170,11 @@ impl RunArgs {
             comet_timeouts,
             comet_app: self.comet_app.clone(),
             comet_mempool_size: (4 * max_clients as u64).max(10_000),
-            byzantine: self.byzantine.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            byzantine: if self.no_byzantine {
+                vec![]
+            } else {
+                self.byzantine.iter().filter(|s| !s.is_empty()).cloned().collect()
+            },
             view_change: !self.no_view_change,
             crypto_seconds: pick(self.crypto_seconds, 2.0, 0.3),
         };
@@ -185,7 +204,7 @@ impl Plan {
             + comet_probe
             + faults
             + vc
-            + 20.0 * self.crypto_seconds
+            + 2.0 * self.crypto_seconds
     }
 }
 
@@ -289,7 +308,10 @@ impl Runner {
             match self.start_once(system, value_size, comet_timeout).await {
                 Err(BenchError::Exited { what, status, log: path }) if attempt < 2 => {
                     let tail = std::fs::read_to_string(&path).unwrap_or_default();
-                    log(&format!("{system}: {what} exited ({status}): {}; retrying", tail.lines().last().unwrap_or("")));
+                    log(&format!(
+                        "{system}: {what} exited ({status}): {}; retrying",
+                        tail.lines().last().unwrap_or("")
+                    ));
                     attempt += 1;
                 }
                 other => return other,
@@ -309,12 +331,17 @@ impl Runner {
         match system {
             "ours-n4" | "ours-n7" => {
                 let n = if system == "ours-n4" { 4 } else { 7 };
-                let cfg = OursConfig { n, binary: self.args.replica_bin.clone(), faulty: None, extra_args: vec![] };
+                let cfg = OursConfig {
+                    n,
+                    binary: self.args.replica_bin.clone(),
+                    faulty: None,
+                    extra_args: self.args.replica_args.clone(),
+                };
                 let c = ours::start(&cfg, base, &name, keep).await?;
                 Ok((
                     c,
                     format!("pbft-replica {}", self.args.git_commit),
-                    serde_json::json!({"n": n, "durable_log": "always (fsync per group commit)", "flags": "defaults (batch 512, checkpoint 64, view-change timeout 1000 ms)", "PBFT_LOG": "warn"}),
+                    serde_json::json!({"n": n, "durable_log": "always (fsync per group commit)", "flags": if self.args.replica_args.is_empty() { "defaults".to_string() } else { self.args.replica_args.join(" ") }, "PBFT_LOG": "warn"}),
                 ))
             }
             "etcd" => {
@@ -505,7 +532,7 @@ impl Runner {
             n: 4,
             binary: self.args.replica_bin.clone(),
             faulty: Some(Faulty { id, binary: fi, faults: faults.to_string() }),
-            extra_args: vec![],
+            extra_args: self.args.replica_args.clone(),
         };
         log(&format!("byzantine {faults}: replica {id} faulty, C={clients}"));
         let mut cluster =
@@ -533,7 +560,12 @@ impl Runner {
         let value = self.plan.values.first().copied().unwrap_or(100);
         let clients = self.sat_clients_of_ours4(value);
         log(&format!("view change: n=4, C={clients}, the primary killed half-way through the window"));
-        let cfg = OursConfig { n: 4, binary: self.args.replica_bin.clone(), faulty: None, extra_args: vec![] };
+        let cfg = OursConfig {
+            n: 4,
+            binary: self.args.replica_bin.clone(),
+            faulty: None,
+            extra_args: self.args.replica_args.clone(),
+        };
         let mut cluster = ours::start(&cfg, &self.args.work_dir, "view-change", self.args.keep).await?;
         let (primary, view_before) = ours::primary(&cluster).await.unwrap_or((0, 0));
         let pid =
@@ -647,9 +679,10 @@ pub async fn run(args: RunArgs) -> Result<PathBuf, BenchError> {
         ..Default::default()
     };
     let mut r = Runner { args, plan, results, json };
+    let noise_start = MachineSample::take();
     log("crypto: ed25519 sign / verify / batch verify");
-    for bytes in [128usize, 1200] {
-        r.results.crypto.push(crypto::measure(bytes, r.plan.crypto_seconds));
+    for bytes in CRYPTO_MESSAGE_BYTES {
+        r.results.crypto.push(measure_crypto(bytes, r.plan.crypto_seconds));
     }
     r.save()?;
     for value in r.plan.values.clone() {
@@ -673,6 +706,12 @@ pub async fn run(args: RunArgs) -> Result<PathBuf, BenchError> {
         }
     }
     r.results.finished_utc = Some(utc_now().0);
+    let noise = RunNoise::between(noise_start, MachineSample::take());
+    log(&format!(
+        "machine over the run: {:.2} cores busy, {:.2} stolen; load average {:?} -> {:?}",
+        noise.busy_cores, noise.steal_cores, noise.start.loadavg, noise.end.loadavg
+    ));
+    r.results.noise = Some(noise);
     r.save()?;
     crate::report::write(&r.results, &r.json, &r.args.report)?;
     log(&format!("done: {} and {}", r.json.display(), r.args.report.display()));
