@@ -113,6 +113,72 @@ pub fn write(r: &RunResults, json: &Path, report: &Path) -> Result<(), BenchErro
     std::fs::write(report, markdown(r, json, &svg_name)).map_err(io(report))
 }
 
+/// "Where ours is slower, and why": this run's own figures side by side
+/// (CPU per put, the share of it the signatures explain, fsyncs, batches, noise).
+fn where_ours_loses(w: &mut String, r: &RunResults, values: &[usize]) {
+    let _ = writeln!(w, "\n## Where ours is slower, and why (this run's figures)\n");
+    let _ = writeln!(
+        w,
+        "On one 2-core machine every system, its processes and the load generator share the same cores, so throughput at \
+         saturation is roughly the cores left by other processes divided by the CPU one put costs (system + load generator). \
+         CPU per put at saturation, medians over the repeats:\n"
+    );
+    let _ = writeln!(w, "| system | value | puts/s | system CPU ms / put | load generator CPU ms / put | total | others' cores during the points | ours' total / this total |");
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for v in values {
+        let total = |s: &SystemResult| median_of(&s.saturation, |p| p.cpu_per_1k + p.loadgen_cpu_per_1k);
+        let ours_total = find(r, "ours-n4", *v).map(total);
+        for s in r.systems.iter().filter(|s| s.value_size == *v) {
+            let t = total(s);
+            let _ = writeln!(
+                w,
+                "| {} | {v} B | {:.0} | {:.3} | {:.3} | {:.3} | {:.2} | {} |",
+                s.label,
+                sat(s).median,
+                median_of(&s.saturation, |p| p.cpu_per_1k),
+                median_of(&s.saturation, |p| p.loadgen_cpu_per_1k),
+                t,
+                median_of(&s.saturation, foreign),
+                ours_total.map_or("–".into(), |o| ratio(o, t))
+            );
+        }
+    }
+    for v in values {
+        for (sys, n) in [("ours-n4", 4usize), ("ours-n7", 7)] {
+            let (Some(s), Some(c)) = (find(r, sys, *v), costs_for(r, *v)) else { continue };
+            let b = observed_batch(s);
+            let Some(ce) = ceiling(c, n, b, r.machine.cores) else { continue };
+            let replica_ms = median_of(&s.saturation, |p| p.cpu_per_1k);
+            let loadgen_ms = median_of(&s.saturation, |p| p.loadgen_cpu_per_1k);
+            let fsyncs =
+                Spread::of(s.saturation.iter().filter_map(|p| p.replica_counters.map(|c| c.fsyncs_per_put))).median;
+            let verifs =
+                Spread::of(s.saturation.iter().filter_map(|p| p.replica_counters.map(|c| c.verifications_per_put)))
+                    .median;
+            let share =
+                |part_us: f64, whole_ms: f64| if whole_ms > 0.0 { 100.0 * part_us / 1000.0 / whole_ms } else { 0.0 };
+            let _ = writeln!(
+                w,
+                "\n- **{} at {v} B**: mean batch {b:.1} requests. Signatures as counted explain {:.3} ms of the replicas' {replica_ms:.3} ms CPU \
+                 per put ({:.0}%) and {:.3} ms of the load generator's {loadgen_ms:.3} ms ({:.0}%: the client signs every request and checks f+1 signed replies, \
+                 which etcd's and CometBFT's clients do not). The replicas counted {verifs:.2} signature verifications and {fsyncs:.2} WAL fsyncs per put. \
+                 The rest of the CPU is the rest of the stack (gRPC/HTTP/2, tokio wake-ups, copies, the log).",
+                s.label,
+                ce.replica_cpu_us / 1000.0,
+                share(ce.replica_cpu_us, replica_ms),
+                ce.client_cpu_us / 1000.0,
+                share(ce.client_cpu_us, loadgen_ms),
+            );
+        }
+    }
+    let _ = writeln!(
+        w,
+        "\nA profile of the replicas (perf cpu-clock, n=4, 64 clients, on this machine; from the commit that added the group-commit log and \
+         batched checks, 8378677, not from this run) put ed25519 at ~30% of replica CPU, kernel scheduling and wake-ups at ~16-18%, \
+         malloc/memcpy at ~13-15%, gRPC/h2 ~8%, tokio ~6% and fsync syscalls ~5%.\n"
+    );
+}
+
 pub fn latency_plot(r: &RunResults) -> String {
     let mut series = vec![];
     let values: Vec<usize> = {
@@ -342,6 +408,8 @@ pub fn markdown(r: &RunResults, json: &Path, svg: &str) -> String {
         }
         let _ = writeln!(w);
     }
+
+    where_ours_loses(w, r, &values);
 
     let _ = writeln!(w, "\n## Issue 7's targets\n");
     if let Some(v) = values.first() {
