@@ -1,27 +1,202 @@
-//! Measuring tools: a load generator for a running cluster (closed loop with
-//! C clients, or open loop at a fixed rate with latency measured from each
-//! operation's intended start, so a slow server cannot hide its queueing
-//! delay by slowing the generator down: no coordinated omission), an
-//! ed25519 micro-benchmark with the "crypto ceiling" of the protocol, and
-//! CPU and peak-memory readings of processes from `/proc`.
+//! Measuring tools shared by `pbftctl bench` and the cross-system harness
+//! (`bench/loadgen`, binary `pbft-bench`): a load driver for any system's
+//! client (closed loop with C clients, or open loop at a fixed rate with
+//! latency measured from each operation's intended start, so a slow server
+//! cannot hide its queueing delay by slowing the generator down: no
+//! coordinated omission), an ed25519 micro-benchmark with the "crypto
+//! ceiling" of the protocol, and CPU and peak-memory readings of processes
+//! from `/proc`.
 //!
 //! Everything here prints or returns figures; nothing asserts timings.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use rand_core::{OsRng, RngCore};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::kvclient::{ClientError, Endpoints, KvClient};
 use crate::proto::op_result::Status as OpStatus;
 use crate::proto::{operation::Kind, Get, Put};
 
-// ---------------------------------------------------------------- load
+// ---------------------------------------------------------------- load driver
+
+/// A failed operation: its kind (a short label, counted) and what went wrong.
+#[derive(Clone, Debug)]
+pub struct OpFailure {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// One client of a load run, of any system: does its `seq`-th operation and
+/// returns once the system says it is done.
+pub trait LoadClient: Send + 'static {
+    fn call(&mut self, seq: u64) -> impl Future<Output = Result<(), OpFailure>> + Send;
+}
+
+/// When a load run starts, when its measured window opens and ends, and its shape.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    /// Time zero of the samples.
+    pub start: Instant,
+    pub window_start: Instant,
+    pub end: Instant,
+    /// Open loop: operations per second, the i-th due at `start + i/rate`,
+    /// taken by whichever client is free. `None`: closed loop.
+    pub rate: Option<f64>,
+}
+
+/// Open-loop operations whose slot is this far in the past when the window ends are not sent (missed).
+pub const OPEN_LOOP_GRACE: Duration = Duration::from_secs(5);
+
+/// One completed operation, in µs from the schedule's start: when it was due
+/// (open loop) or sent (closed loop), when it was actually sent, when it completed.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub due_us: u64,
+    pub sent_us: u64,
+    pub done_us: u64,
+}
+
+/// What one client did over a run (the client is handed back, e.g. to read its last write).
+pub struct ClientRun<C> {
+    pub client: C,
+    pub samples: Vec<Sample>,
+    /// Failed operations: when they were due, and their kind.
+    pub failures: Vec<(u64, &'static str)>,
+    pub first_error: Option<String>,
+}
+
+/// Runs `clients` on `schedule` until its end, one task each; a client still
+/// stuck at `hard_stop` is given up (its figures are lost).
+pub async fn drive<C: LoadClient>(clients: Vec<C>, schedule: Schedule, hard_stop: Instant) -> Vec<ClientRun<C>> {
+    let ticket = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> =
+        clients.into_iter().map(|client| tokio::spawn(drive_one(client, schedule, ticket.clone()))).collect();
+    let mut runs = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let remaining = hard_stop.saturating_duration_since(Instant::now());
+        if let Ok(Ok(run)) = tokio::time::timeout(remaining, t).await {
+            runs.push(run);
+        }
+    }
+    runs
+}
+
+async fn drive_one<C: LoadClient>(client: C, s: Schedule, ticket: Arc<AtomicU64>) -> ClientRun<C> {
+    let mut run = ClientRun { client, samples: Vec::with_capacity(4096), failures: vec![], first_error: None };
+    let us = |t: Instant| t.saturating_duration_since(s.start).as_micros() as u64;
+    tokio::time::sleep_until(s.start.into()).await;
+    let mut seq = 0u64;
+    loop {
+        let due = match s.rate {
+            None => {
+                let now = Instant::now();
+                if now >= s.end {
+                    break;
+                }
+                now
+            }
+            Some(rate) => {
+                let i = ticket.fetch_add(1, Ordering::Relaxed);
+                let due = s.start + Duration::from_secs_f64(i as f64 / rate);
+                if due >= s.end || Instant::now() > s.end + OPEN_LOOP_GRACE {
+                    break; // past the window, or hopelessly behind: the rest are missed
+                }
+                tokio::time::sleep_until(due.into()).await;
+                due
+            }
+        };
+        let sent = Instant::now();
+        let r = run.client.call(seq).await;
+        seq += 1;
+        match r {
+            Ok(()) => run.samples.push(Sample { due_us: us(due), sent_us: us(sent), done_us: us(Instant::now()) }),
+            Err(e) => {
+                run.failures.push((us(due), e.kind));
+                if run.first_error.is_none() {
+                    run.first_error = Some(e.message);
+                }
+                // Do not spin on a refusing system.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    run
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Latency {
+    /// From latencies in microseconds (sorted here).
+    pub fn of(mut us: Vec<u64>) -> Latency {
+        if us.is_empty() {
+            return Latency::default();
+        }
+        us.sort_unstable();
+        let at = |p: f64| us[((us.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0;
+        let mean = us.iter().sum::<u64>() as f64 / us.len() as f64 / 1000.0;
+        Latency { p50: at(0.5), p90: at(0.9), p99: at(0.99), p999: at(0.999), max: at(1.0), mean }
+    }
+}
+
+/// The measured window of a run: closed loop, operations completed in it;
+/// open loop, operations due in it (latency from the due time).
+#[derive(Clone, Debug, Default)]
+pub struct WindowStats {
+    pub ops: u64,
+    pub latency_ms: Latency,
+    /// Failures due in the window, by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Open loop: operations due in the window that were never sent.
+    pub missed: u64,
+    /// Open loop: operations sent more than 1 ms after they were due (every client was busy).
+    pub late_starts: u64,
+}
+
+impl WindowStats {
+    /// `w0_us..w1_us`: the window in µs from the schedule's start.
+    pub fn of<C>(runs: &[ClientRun<C>], w0_us: u64, w1_us: u64, rate: Option<f64>) -> WindowStats {
+        let open = rate.is_some();
+        let inside = |t: u64| t >= w0_us && t < w1_us;
+        let mut latencies = vec![];
+        let mut st = WindowStats::default();
+        for r in runs {
+            for s in r.samples.iter().filter(|s| inside(if open { s.due_us } else { s.done_us })) {
+                latencies.push(s.done_us.saturating_sub(s.due_us));
+                st.late_starts += u64::from(open && s.sent_us > s.due_us + 1000);
+            }
+            for (_, kind) in r.failures.iter().filter(|(at, _)| inside(*at)) {
+                *st.errors.entry((*kind).to_string()).or_default() += 1;
+            }
+        }
+        st.ops = latencies.len() as u64;
+        if let Some(rate) = rate {
+            // Tickets i with due time i/rate inside the window.
+            let due = (w1_us as f64 / 1e6 * rate).ceil() - (w0_us as f64 / 1e6 * rate).ceil();
+            let failed: u64 = st.errors.values().sum();
+            st.missed = (due.max(0.0) as u64).saturating_sub(st.ops + failed);
+        }
+        st.latency_ms = Latency::of(latencies);
+        st
+    }
+}
+
+// ---------------------------------------------------------------- load on ours
 
 /// The operation a load run issues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -55,38 +230,7 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }
 
-/// Latency percentiles in milliseconds.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Latency {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-    pub mean: f64,
-}
-
-impl Latency {
-    /// From latencies in seconds (sorted here).
-    pub fn of(mut secs: Vec<f64>) -> Latency {
-        if secs.is_empty() {
-            return Latency::default();
-        }
-        secs.sort_by(|a, b| a.total_cmp(b));
-        let at = |p: f64| secs[((secs.len() - 1) as f64 * p).round() as usize] * 1000.0;
-        Latency {
-            p50: at(0.5),
-            p90: at(0.9),
-            p99: at(0.99),
-            p999: at(0.999),
-            max: at(1.0),
-            mean: secs.iter().sum::<f64>() / secs.len() as f64 * 1000.0,
-        }
-    }
-}
-
-/// What a load run measured (operations whose (intended) start fell in the
-/// measured window, after the warm-up).
+/// What a load run measured (see [`WindowStats`]).
 #[derive(Clone, Debug, Serialize)]
 pub struct LoadReport {
     pub mode: &'static str,
@@ -98,6 +242,8 @@ pub struct LoadReport {
     pub latency_ms: Latency,
     /// Failed operations by kind (`timeout`, `refused`, `rejected`, `membership`, `endpoint`).
     pub errors: BTreeMap<String, u64>,
+    /// Open loop: operations due in the window that were never sent (the cluster fell too far behind).
+    pub missed: u64,
     /// Open loop: operations that started more than 1 ms after their intended time
     /// (all clients were busy: the offered rate exceeded what the cluster served).
     pub late_starts: u64,
@@ -109,7 +255,7 @@ impl LoadReport {
         let l = &self.latency_ms;
         let errors: u64 = self.errors.values().sum();
         format!(
-            "{} c={} {}: {} ops in {:.1} s: {:.0} ops/s, {errors} errors {:?}; latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
+            "{} c={} {}: {} ops in {:.1} s: {:.0} ops/s, {errors} errors {:?}, {} missed; latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
             self.mode,
             self.spec.clients,
             self.spec.rate.map_or(String::new(), |r| format!("rate={r:.0}/s")),
@@ -117,6 +263,7 @@ impl LoadReport {
             self.spec.duration.as_secs_f64(),
             self.ops_per_sec,
             self.errors,
+            self.missed,
             l.p50,
             l.p90,
             l.p99,
@@ -134,98 +281,76 @@ fn error_kind(e: &ClientError) -> &'static str {
     }
 }
 
-#[derive(Default)]
-struct Tally {
-    latencies: Vec<f64>,
-    errors: BTreeMap<String, u64>,
-    late: u64,
+/// A [`KvClient`] issuing the operations of a [`LoadSpec`] (random keys, one random value per client).
+struct SpecClient {
+    client: KvClient,
+    op: Op,
+    keys: u64,
+    value: Bytes,
+}
+
+impl LoadClient for SpecClient {
+    async fn call(&mut self, _seq: u64) -> Result<(), OpFailure> {
+        let key = format!("k{:09}", OsRng.next_u64() % self.keys.max(1));
+        let kind = match self.op {
+            Op::Put => Kind::Put(Put { key: key.into(), value: self.value.clone() }),
+            Op::Get => Kind::Get(Get { key: key.into() }),
+        };
+        match self.client.execute(kind).await {
+            Ok(res) if res.status == OpStatus::Rejected as i32 => {
+                Err(OpFailure { kind: "rejected", message: res.error })
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(OpFailure { kind: error_kind(&e), message: e.to_string() }),
+        }
+    }
 }
 
 /// Runs one load point against `endpoints` and reports it.
 pub async fn run_load(endpoints: &Endpoints, spec: &LoadSpec) -> LoadReport {
-    let start = Instant::now();
-    let window_start = start + spec.warmup;
-    let end = window_start + spec.duration;
-    let next = Arc::new(AtomicU64::new(0));
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let mut tasks = vec![];
-    for _ in 0..spec.clients.max(1) {
-        let mut client = KvClient::new(endpoints.clone());
-        client.timeout = spec.op_timeout;
-        let (spec, next, tally) = (spec.clone(), next.clone(), tally.clone());
-        tasks.push(tokio::spawn(async move {
+    let clients = (0..spec.clients.max(1))
+        .map(|_| {
+            let mut client = KvClient::new(endpoints.clone());
+            client.timeout = spec.op_timeout;
             let mut value = vec![0u8; spec.value_size];
             OsRng.fill_bytes(&mut value);
-            let value = Bytes::from(value);
-            let mut mine = Tally::default();
-            loop {
-                // Closed loop: start now. Open loop: the next slot of the schedule.
-                let intended = match spec.rate {
-                    None => Instant::now(),
-                    Some(rate) => {
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        start + Duration::from_secs_f64(k as f64 / rate)
-                    }
-                };
-                if intended >= end {
-                    break;
-                }
-                tokio::time::sleep_until(tokio::time::Instant::from_std(intended)).await;
-                let late = intended.elapsed() > Duration::from_millis(1);
-                let key = format!("k{:09}", OsRng.next_u64() % spec.keys.max(1));
-                let kind = match spec.op {
-                    Op::Put => Kind::Put(Put { key: key.into(), value: value.clone() }),
-                    Op::Get => Kind::Get(Get { key: key.into() }),
-                };
-                let r = client.execute(kind).await;
-                if intended < window_start {
-                    continue;
-                }
-                match r {
-                    Ok(res) if res.status == OpStatus::Rejected as i32 => {
-                        *mine.errors.entry("rejected".into()).or_default() += 1
-                    }
-                    Ok(_) => mine.latencies.push(intended.elapsed().as_secs_f64()),
-                    Err(e) => *mine.errors.entry(error_kind(&e).into()).or_default() += 1,
-                }
-                mine.late += u64::from(late && spec.rate.is_some());
-            }
-            if let Ok(mut t) = tally.lock() {
-                t.latencies.append(&mut mine.latencies);
-                for (k, v) in mine.errors {
-                    *t.errors.entry(k).or_default() += v;
-                }
-                t.late += mine.late;
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let t = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
-    let ops = t.latencies.len() as u64;
+            SpecClient { client, op: spec.op, keys: spec.keys, value: value.into() }
+        })
+        .collect();
+    let start = Instant::now();
+    let schedule = Schedule {
+        start,
+        window_start: start + spec.warmup,
+        end: start + spec.warmup + spec.duration,
+        rate: spec.rate,
+    };
+    let runs = drive(clients, schedule, schedule.end + spec.op_timeout + OPEN_LOOP_GRACE).await;
+    let w0 = spec.warmup.as_micros() as u64;
+    let st = WindowStats::of(&runs, w0, w0 + spec.duration.as_micros() as u64, spec.rate);
     LoadReport {
         mode: if spec.rate.is_some() { "open" } else { "closed" },
         spec: spec.clone(),
-        ops,
-        ops_per_sec: ops as f64 / spec.duration.as_secs_f64(),
-        latency_ms: Latency::of(t.latencies),
-        errors: t.errors,
-        late_starts: t.late,
+        ops: st.ops,
+        ops_per_sec: st.ops as f64 / spec.duration.as_secs_f64(),
+        latency_ms: st.latency_ms,
+        errors: st.errors,
+        missed: st.missed,
+        late_starts: st.late_starts,
     }
 }
 
 // ---------------------------------------------------------------- processes
 
 /// CPU time (user + system) and peak resident memory of a process.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct ProcSample {
     pub cpu_seconds: f64,
     /// VmHWM: the peak resident set size.
     pub peak_rss_bytes: u64,
 }
 
-fn clock_ticks() -> f64 {
+/// Clock ticks per second of /proc's CPU times (USER_HZ).
+pub fn clock_ticks() -> f64 {
     extern "C" {
         fn sysconf(name: std::os::raw::c_int) -> std::os::raw::c_long;
     }
@@ -260,7 +385,7 @@ pub fn sample_process(pid: u32) -> Option<ProcSample> {
 // ---------------------------------------------------------------- crypto
 
 /// Costs of ed25519 on this machine, in microseconds per operation.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CryptoCosts {
     pub message_bytes: usize,
     pub sign_us: f64,
@@ -272,10 +397,15 @@ pub struct CryptoCosts {
     pub sha256_1kib_us: f64,
     /// Decompressing a public key (done once per key thanks to a cache).
     pub parse_key_us: f64,
+    /// Every round of sign and of verify (the figures above are the best): the noise.
+    #[serde(default)]
+    pub sign_rounds_us: Vec<f64>,
+    #[serde(default)]
+    pub verify_rounds_us: Vec<f64>,
 }
 
 /// Signatures one request costs, by who does the work, at batch size `batch`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SignatureCounts {
     pub n: usize,
     pub batch: f64,
@@ -331,7 +461,7 @@ impl SignatureCounts {
 }
 
 /// The crypto ceiling at one batch size.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Ceiling {
     pub counts: SignatureCounts,
     /// CPU microseconds of the replicas' signature work per request.
@@ -383,30 +513,31 @@ pub fn measure_crypto(message_bytes: usize, iterations: usize, rounds: usize) ->
         .collect();
     let sigs: Vec<Signature> = keys.iter().zip(&msgs).map(|(k, m)| k.sign(m)).collect();
     // CPU time of this thread, so that other load on the machine does not inflate the figures.
-    let best = |f: &mut dyn FnMut() -> usize| -> f64 {
+    let rounds_of = |f: &mut dyn FnMut() -> usize| -> Vec<f64> {
         (0..rounds.max(1))
             .map(|_| {
                 let t = thread_cpu_seconds();
                 let ops = f();
                 (thread_cpu_seconds() - t) * 1e6 / ops.max(1) as f64
             })
-            .fold(f64::INFINITY, f64::min)
+            .collect()
     };
+    let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let iters = iterations.max(1);
-    let sign_us = best(&mut || {
+    let sign_rounds_us = rounds_of(&mut || {
         for i in 0..iters {
             std::hint::black_box(keys[i % 64].sign(&msgs[i % 64]));
         }
         iters
     });
-    let verify_us = best(&mut || {
+    let verify_rounds_us = rounds_of(&mut || {
         for i in 0..iters {
             std::hint::black_box(pubs[i % 64].verify(&msgs[i % 64], &sigs[i % 64]).is_ok());
         }
         iters
     });
     let batch = |size: usize| {
-        best(&mut || {
+        best(&rounds_of(&mut || {
             let rounds = (iters / size).max(1);
             for r in 0..rounds {
                 let at = (r * size) % (64 - size + 1);
@@ -416,25 +547,35 @@ pub fn measure_crypto(message_bytes: usize, iterations: usize, rounds: usize) ->
                 );
             }
             rounds * size
-        })
+        }))
     };
     let verify_batch8_us = batch(8);
     let verify_batch64_us = batch(64);
     let kib = vec![7u8; 1024];
-    let sha256_1kib_us = best(&mut || {
+    let sha256_1kib_us = best(&rounds_of(&mut || {
         for _ in 0..iters {
             std::hint::black_box(crate::crypto::sha256(&[&kib]));
         }
         iters
-    });
+    }));
     let key_bytes: Vec<[u8; 32]> = pubs.iter().map(|k| k.to_bytes()).collect();
-    let parse_key_us = best(&mut || {
+    let parse_key_us = best(&rounds_of(&mut || {
         for i in 0..iters {
             std::hint::black_box(VerifyingKey::from_bytes(&key_bytes[i % 64]).is_ok());
         }
         iters
-    });
-    CryptoCosts { message_bytes, sign_us, verify_us, verify_batch8_us, verify_batch64_us, sha256_1kib_us, parse_key_us }
+    }));
+    CryptoCosts {
+        message_bytes,
+        sign_us: best(&sign_rounds_us),
+        verify_us: best(&verify_rounds_us),
+        verify_batch8_us,
+        verify_batch64_us,
+        sha256_1kib_us,
+        parse_key_us,
+        sign_rounds_us,
+        verify_rounds_us,
+    }
 }
 
 /// The ceiling for `n` replicas on `cores` cores at each batch size.
@@ -475,9 +616,32 @@ mod tests {
 
     #[test]
     fn latency_percentiles() {
-        let l = Latency::of((1..=1000).map(|i| i as f64 / 1000.0).collect());
+        let l = Latency::of((1..=1000).map(|i| i * 1000).collect());
         assert_eq!((l.p50.round(), l.p99.round(), l.max.round()), (501.0, 990.0, 1000.0));
         assert_eq!(Latency::of(vec![]).max, 0.0);
+    }
+
+    fn run(samples: &[(u64, u64)], failures: &[u64]) -> ClientRun<()> {
+        ClientRun {
+            client: (),
+            samples: samples.iter().map(|&(due_us, done_us)| Sample { due_us, sent_us: due_us, done_us }).collect(),
+            failures: failures.iter().map(|at| (*at, "timeout")).collect(),
+            first_error: None,
+        }
+    }
+
+    #[test]
+    fn window_counts_completions_closed_and_due_times_open() {
+        // Window 1 s .. 3 s.
+        let s = [(500_000, 900_000), (900_000, 1_100_000), (1_100_000, 1_200_000), (2_900_000, 3_100_000)];
+        let runs = [run(&s, &[1_500_000, 3_500_000])];
+        let closed = WindowStats::of(&runs, 1_000_000, 3_000_000, None);
+        // Completed at 1.1 s and 1.2 s; one failure due inside.
+        assert_eq!((closed.ops, closed.errors.get("timeout"), closed.missed), (2, Some(&1), 0));
+        let open = WindowStats::of(&runs, 1_000_000, 3_000_000, Some(5.0));
+        // Due at 1.1 s and 2.9 s; 10 tickets due in the window: 2 done, 1 failed, 7 missed.
+        assert_eq!((open.ops, open.missed), (2, 7));
+        assert_eq!((open.latency_ms.p50.round(), open.latency_ms.max.round()), (100.0, 200.0));
     }
 
     #[test]
