@@ -76,7 +76,7 @@ pub async fn client_attacks(addr: &str, seed: u64) -> Vec<(String, String)> {
     let Some(ch) = channel(addr) else { return vec![("channel".into(), "bad address".into())] };
     let mut c = ClientClient::new(ch).max_encoding_message_size(64 << 20);
     let mut out = vec![];
-    let mut call = |what: &str, request: Vec<u8>| {
+    let call = |what: &str, request: Vec<u8>| {
         let mut req = tonic::Request::new(SubmitRequest { request: request.into() });
         req.set_timeout(Duration::from_secs(5));
         (what.to_string(), req)

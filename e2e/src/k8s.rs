@@ -159,7 +159,7 @@ pub async fn wait_cc(
     pred: impl Fn(&ConsensusCluster) -> bool,
 ) -> Result<(ConsensusCluster, Duration)> {
     let t0 = Instant::now();
-    let mut last = String::from("not read yet");
+    let mut last: String;
     loop {
         match get_cc(client, ns, name).await {
             Ok(cc) if pred(&cc) => return Ok((cc, t0.elapsed())),

@@ -2,15 +2,17 @@
 //! writers put distinct values to a few shared keys, readers get them (both
 //! feed the linearizability check), and one writer puts each value to a key of
 //! its own (acknowledged ⇒ must read back afterwards). Each client follows the
-//! [`Watcher`]'s topology: when the membership or a pod changes, the call in
-//! flight is abandoned (its outcome becomes unknown) and a client for the new
-//! topology continues.
+//! [`Watcher`]'s topology: a new pod address is picked up after the call in
+//! flight (the other replicas answer it meanwhile); a new membership abandons
+//! the call in flight (replies of the new epoch would not count; its outcome
+//! becomes unknown) and a client for the new topology continues.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pbft::proto::op_result::Status as OpStatus;
+use tokio::sync::watch;
 
 use crate::linearizability::{self, Op, Outcome};
 use crate::topology::{Topology, Watcher};
@@ -190,6 +192,18 @@ async fn read_once(topo: &Topology, c: usize, key: &str, t0: Instant, timeout: D
     Record { client: c, key: key.into(), put: None, invoke, ret: t0.elapsed(), outcome, error }
 }
 
+/// Resolves once the watched topology has another membership than `topo`'s.
+async fn membership_changed(rx: &mut watch::Receiver<Arc<Topology>>, topo: &Topology) {
+    loop {
+        if rx.changed().await.is_err() {
+            futures::future::pending::<()>().await;
+        }
+        if rx.borrow().membership.config() != topo.membership.config() {
+            return;
+        }
+    }
+}
+
 impl ClientTask {
     async fn run(self) {
         let mut rx = self.watcher.subscribe();
@@ -204,7 +218,7 @@ impl ClientTask {
                 }
             };
             // Operations with this client until the topology changes.
-            while !self.stop.load(Ordering::Relaxed) {
+            while !self.stop.load(Ordering::Relaxed) && Arc::ptr_eq(&topo, &rx.borrow()) {
                 seq += 1;
                 let (key, put) = match self.role {
                     Role::Writer => (
@@ -234,7 +248,7 @@ impl ClientTask {
                         };
                         (o, e, false)
                     }
-                    _ = rx.changed() => (Outcome::Unknown, Some("abandoned: the topology changed".to_string()), true),
+                    _ = membership_changed(&mut rx, &topo) => (Outcome::Unknown, Some("abandoned: the membership changed".to_string()), true),
                 };
                 let rec = Record { client: self.c, key, put, invoke, ret: self.t0.elapsed(), outcome, error };
                 if let Ok(mut h) = self.history.lock() {

@@ -53,10 +53,11 @@ impl Reach {
             (ReachMode::Auto, Some(ip)) => self.detect(ip, port).await,
             (m, _) => m,
         };
-        match (mode, ip) {
-            (ReachMode::Direct, Some(ip)) => Ok(host_port(ip, port)),
-            (ReachMode::Direct | ReachMode::Auto, None) => Err(Error::Other(format!("pod {ns}/{name} has no IP yet"))),
-            (ReachMode::PortForward, _) => self.forward(ns, name, port).await.map(|a| a.to_string()),
+        match mode {
+            ReachMode::PortForward => self.forward(ns, name, port).await.map(|a| a.to_string()),
+            ReachMode::Direct | ReachMode::Auto => ip
+                .map(|ip| host_port(ip, port))
+                .ok_or_else(|| Error::Other(format!("pod {ns}/{name} has no IP yet"))),
         }
     }
 

@@ -101,13 +101,25 @@ pub async fn check_load(ctx: &Ctx, s: &mut Scenario, ns: &str, name: &str, r: &L
         "ops/s",
     );
     let topo = ctx.topology(ns, name).await?;
-    let mut lost = vec![];
-    let mut client = topo.client(Duration::from_secs(30))?;
-    for (key, id) in &r.unique_acked {
-        let got = client.get(key.as_bytes()).await.map_err(|e| Error::Other(format!("reading back {key}: {e}")))?;
-        if got.value.as_deref().map(LoadResult::decode) != Some(*id) {
-            lost.push(key.clone());
+    // Read back with 8 clients in parallel (f+1 matching replies each).
+    let chunks: Vec<Vec<(String, u64)>> = r.unique_acked.chunks(r.unique_acked.len().div_ceil(8).max(1)).map(|c| c.to_vec()).collect();
+    let reads = chunks.into_iter().map(|chunk| {
+        let topo = &topo;
+        async move {
+            let mut client = topo.client(Duration::from_secs(30))?;
+            let mut lost = vec![];
+            for (key, id) in chunk {
+                let got = client.get(key.as_bytes()).await.map_err(|e| Error::Other(format!("reading back {key}: {e}")))?;
+                if got.value.as_deref().map(LoadResult::decode) != Some(id) {
+                    lost.push(key);
+                }
+            }
+            Ok::<_, Error>(lost)
         }
+    });
+    let mut lost = vec![];
+    for l in futures::future::join_all(reads).await {
+        lost.extend(l?);
     }
     s.measure(&format!("{prefix}_acked_unique_writes_lost"), format!("{}/{}", lost.len(), r.unique_acked.len()), "");
     s.check(lost.is_empty() && !r.unique_acked.is_empty(), "every acknowledged write reads back", || {
