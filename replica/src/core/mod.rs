@@ -8,7 +8,11 @@
 //! [`Action::Persist`] must be durable before any later action of the same
 //! step is carried out (the replica never sends what it has not logged, so a
 //! restart can never make it sign a conflicting message). Drivers may group
-//! all persists of one step into one fsync (group commit).
+//! all persists of one step into one fsync (group commit). The exception are
+//! records for which [`PersistRecord::must_precede_sends`] is false
+//! (committed batches, stable checkpoints): they must be written in order
+//! with the others, but later actions need not wait for them, so a crash may
+//! lose a suffix of them after the last record of another kind.
 //!
 //! Where each protocol step lives:
 //! - client requests, batching, pre-prepare: `requests.rs` (`on_client_request`, `propose`);
@@ -226,6 +230,10 @@ pub enum Event {
     Peers(Vec<Bytes>),
     /// One encoded [`SignedRequest`] from a client.
     Client(Bytes),
+    /// Several client requests, taken in order before the primary batches
+    /// (the same as one `Client` event each, except that the primary proposes
+    /// once, after all of them, instead of after each).
+    Clients(Vec<Bytes>),
     /// A timer set earlier fired.
     Timer { kind: TimerKind, generation: u64 },
 }
@@ -262,6 +270,19 @@ pub enum PersistRecord {
     /// A stable checkpoint: the state snapshot and its proof. Records before
     /// it may be discarded.
     Checkpoint { seq: u64, snapshot: Bytes, proof: Vec<Envelope> },
+}
+
+impl PersistRecord {
+    /// Whether actions after this record must wait until it is durable.
+    /// Committed batches and stable checkpoints need not: they can be
+    /// rebuilt from the records of the other kinds (prepared certificates,
+    /// what this replica signed, checkpoint proofs of others) and from other
+    /// replicas, so a driver may let them reach the disk later, in order,
+    /// and a crash may lose a suffix of them that follows the last record of
+    /// another kind.
+    pub fn must_precede_sends(&self) -> bool {
+        !matches!(self, PersistRecord::Committed { .. } | PersistRecord::Checkpoint { .. })
+    }
 }
 
 /// One executed client request.
@@ -943,7 +964,12 @@ impl Replica {
     /// Feeds one event and returns the actions to carry out, in order.
     pub fn step(&mut self, event: Event) -> Vec<Action> {
         if self.retired {
-            if let Event::Client(bytes) = event {
+            let requests = match event {
+                Event::Client(bytes) => vec![bytes],
+                Event::Clients(all) => all,
+                _ => vec![],
+            };
+            for bytes in requests {
                 if let Ok(req) = SignedRequest::decode(bytes.as_ref()) {
                     if let Ok(body) = RequestBody::decode(req.body.as_ref()) {
                         self.out.push(Action::Reject {
@@ -960,6 +986,11 @@ impl Replica {
             Event::Peer(b) => self.on_peer_messages(vec![b]),
             Event::Peers(bs) => self.on_peer_messages(bs),
             Event::Client(b) => self.on_client_request(b),
+            Event::Clients(bs) => {
+                for b in bs {
+                    self.on_client_request(b);
+                }
+            }
             Event::Timer { kind: TimerKind::ViewChange, generation } => {
                 if generation == self.vc_timer_generation && self.vc_timer_armed {
                     self.vc_timer_armed = false;

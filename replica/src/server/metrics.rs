@@ -51,6 +51,8 @@ pub struct Metrics {
     pub peer_connected: Family<PeerLabel, Gauge>,
     pub peer_dropped_frames: Family<PeerLabel, Counter>,
     pub wal_fsyncs: Counter,
+    pub wal_sync_seconds: Histogram,
+    pub wal_group_records: Histogram,
     pub wal_bytes: Gauge,
     pub view_changes: Counter,
 }
@@ -80,6 +82,8 @@ impl Metrics {
             peer_connected: Family::default(),
             peer_dropped_frames: Family::default(),
             wal_fsyncs: Counter::default(),
+            wal_sync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            wal_group_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             wal_bytes: Gauge::default(),
             view_changes: Counter::default(),
             registry: Registry::default(),
@@ -143,6 +147,13 @@ impl Metrics {
             m.peer_dropped_frames.clone(),
         );
         registry.register("wal_fsyncs", "Write-ahead log fsyncs", m.wal_fsyncs.clone());
+        registry.register_with_unit(
+            "wal_sync",
+            "Time to write and fsync one group of write-ahead log records",
+            prometheus_client::registry::Unit::Seconds,
+            m.wal_sync_seconds.clone(),
+        );
+        registry.register("wal_group_records", "Records made durable by one fsync", m.wal_group_records.clone());
         registry.register_with_unit(
             "wal",
             "Size of the write-ahead log",

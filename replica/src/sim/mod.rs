@@ -592,7 +592,15 @@ impl Sim {
 
     fn crash(&mut self, id: ReplicaId) {
         if matches!(self.replicas.get(&id), Some(Slot::Honest(_))) {
-            self.log(|| format!("r{id} CRASH"));
+            // Records nothing waited for (`PersistRecord::must_precede_sends`) may not
+            // have reached the disk: drop a random part of the suffix they form. A
+            // separate generator keeps the run's own random sequence as it was.
+            let disk = self.disks.entry(id).or_default();
+            let tail = disk.iter().rev().take_while(|r| !r.must_precede_sends()).count();
+            let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ self.now.rotate_left(17) ^ u64::from(id) << 56);
+            let lost = if tail == 0 { 0 } else { rng.gen_range(0..=tail) };
+            disk.truncate(disk.len() - lost);
+            self.log(|| format!("r{id} CRASH (lost {lost} of {tail} unsynced records)"));
             self.replicas.insert(id, Slot::Down);
         }
     }
