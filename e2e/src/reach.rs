@@ -55,9 +55,9 @@ impl Reach {
         };
         match mode {
             ReachMode::PortForward => self.forward(ns, name, port).await.map(|a| a.to_string()),
-            ReachMode::Direct | ReachMode::Auto => ip
-                .map(|ip| host_port(ip, port))
-                .ok_or_else(|| Error::Other(format!("pod {ns}/{name} has no IP yet"))),
+            ReachMode::Direct | ReachMode::Auto => {
+                ip.map(|ip| host_port(ip, port)).ok_or_else(|| Error::Other(format!("pod {ns}/{name} has no IP yet")))
+            }
         }
     }
 

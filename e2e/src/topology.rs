@@ -192,18 +192,30 @@ impl Topology {
         Ok(c)
     }
 
-    /// Reads `key` from replica `id` alone: its own signed reply, checked
-    /// against its key in the membership (not a quorum: this shows what that
-    /// replica holds). `Ok(None)`: the key is absent there.
-    pub async fn read_from(&self, id: u32, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let r = self.replica(id).ok_or_else(|| Error::Other(format!("member {id} has no pod")))?;
-        let addr = r.client.clone().ok_or_else(|| Error::Other(format!("{} has no address", r.pod)))?;
+    /// Reads `key` from every member: one signed request submitted to all of
+    /// them at once (as a PBFT client does, so the request is ordered even
+    /// when the primary is not the first to see it), and each member's own
+    /// signed reply checked against its key in the membership (not a quorum:
+    /// this shows what each replica holds). Per member: `Ok(None)` when the
+    /// key is absent there.
+    pub async fn read_from_each(&self, key: &[u8]) -> Vec<(u32, Result<Option<Vec<u8>>>)> {
         let mut secret = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
         let mut core = ClientCore::new(Keypair::from_secret(secret), self.membership.clone(), now);
         let request = core.submit(Operation { kind: Some(Kind::Get(Get { key: Bytes::copy_from_slice(key) })) });
+        let calls = self.membership.ids().map(|id| {
+            let request = request.clone();
+            async move { (id, self.reply_of(id, request).await) }
+        });
+        futures::future::join_all(calls).await
+    }
+
+    /// Submits `request` to member `id` and checks its signed reply to a read.
+    async fn reply_of(&self, id: u32, request: Bytes) -> Result<Option<Vec<u8>>> {
+        let r = self.replica(id).ok_or_else(|| Error::Other(format!("member {id} has no pod")))?;
+        let addr = r.client.clone().ok_or_else(|| Error::Other(format!("{} has no address", r.pod)))?;
         let mut c = ClientClient::new(lazy_channel(&addr)?);
         let mut req = tonic::Request::new(SubmitRequest { request });
         req.set_timeout(Duration::from_secs(10));

@@ -39,16 +39,14 @@ pub async fn write_through_service_read_everywhere(
     s.check(ok, &format!("{ns}/{name}: pbftctl put through the client Service"), || logs.clone())?;
     s.measure_secs(&format!("{name}_service_put_pod"), t0.elapsed());
     let topo = ctx.topology(ns, name).await?;
-    let mut seen = vec![];
-    for id in topo.membership.ids() {
-        let got = topo.read_from(id, key.as_bytes()).await;
-        seen.push((
-            id,
-            got.as_ref()
-                .map(|v| v.as_deref().map(|b| String::from_utf8_lossy(b).to_string()))
-                .map_err(|e| e.to_string()),
-        ));
-    }
+    let seen: Vec<_> = topo
+        .read_from_each(key.as_bytes())
+        .await
+        .into_iter()
+        .map(|(id, got)| {
+            (id, got.map(|v| v.map(|b| String::from_utf8_lossy(&b).to_string())).map_err(|e| e.to_string()))
+        })
+        .collect();
     let all = seen.iter().all(|(_, r)| matches!(r, Ok(Some(v)) if *v == value));
     s.check(
         all && seen.len() == topo.membership.n(),

@@ -64,27 +64,41 @@ pub async fn helm_install(ctx: &Ctx, s: &mut Scenario) -> Result<()> {
 }
 
 /// `helm test`: the chart's own test creates a cluster, writes and reads a key
-/// through its client Service with pbftctl, and deletes it.
+/// through its client Service with pbftctl (`get --expect`: the pod fails on
+/// a mismatch), and deletes it. No `--logs`: the hook pods are deleted when
+/// they succeed (so `helm uninstall` leaves nothing), and Helm then fails to
+/// fetch their logs.
 pub async fn helm_test(ctx: &Ctx, s: &mut Scenario) -> Result<()> {
     let ns = ctx.settings.operator_namespace.clone();
     let t0 = Instant::now();
     let out = pbft_e2e::cmd::run(
         &ctx.settings.helm,
-        &["test", RELEASE, "--namespace", &ns, "--timeout", "420s", "--logs"],
+        &["test", RELEASE, "--namespace", &ns, "--timeout", "420s"],
         None,
         Duration::from_secs(480),
     )
     .await?;
     s.measure_secs("helm_test", t0.elapsed());
-    for line in out.stdout.lines().filter(|l| l.contains("PASS") || l.contains("FAIL") || l.starts_with("written by")) {
-        s.log(format!("helm test: {line}"));
-    }
     s.check(out.ok, "helm test passes", || format!("{}{}", out.stdout, out.stderr))?;
-    s.check(
-        out.stdout.contains(&format!("written by helm test of {RELEASE}")),
-        "helm test wrote and read a key through the client Service (pbftctl get --expect)",
-        || out.stdout.clone(),
-    )?;
+    // Each suite's name line is followed by its times and phase.
+    let phase_of = |suite: &str| {
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        lines
+            .iter()
+            .position(|l| l.trim_start().starts_with("TEST SUITE:") && l.trim_end().ends_with(suite))
+            .and_then(|i| lines[i..].iter().take(4).find_map(|l| l.trim().strip_prefix("Phase:").map(str::trim)))
+            .map(str::to_string)
+    };
+    for suite in ["create", "write", "delete"] {
+        let phase = phase_of(&format!("{RELEASE}-test-{suite}"));
+        s.check(
+            phase.as_deref() == Some("Succeeded"),
+            &format!(
+                "helm test step {suite} succeeded (write: pbftctl put, then get --expect through the client Service)"
+            ),
+            || format!("phase {phase:?} in:\n{}", out.stdout),
+        )?;
+    }
     let gone = k8s::cc_dynamic(&ctx.client, &ns)
         .get_opt("helm-test")
         .await

@@ -102,14 +102,16 @@ pub async fn check_load(ctx: &Ctx, s: &mut Scenario, ns: &str, name: &str, r: &L
     );
     let topo = ctx.topology(ns, name).await?;
     // Read back with 8 clients in parallel (f+1 matching replies each).
-    let chunks: Vec<Vec<(String, u64)>> = r.unique_acked.chunks(r.unique_acked.len().div_ceil(8).max(1)).map(|c| c.to_vec()).collect();
+    let chunks: Vec<Vec<(String, u64)>> =
+        r.unique_acked.chunks(r.unique_acked.len().div_ceil(8).max(1)).map(|c| c.to_vec()).collect();
     let reads = chunks.into_iter().map(|chunk| {
         let topo = &topo;
         async move {
             let mut client = topo.client(Duration::from_secs(30))?;
             let mut lost = vec![];
             for (key, id) in chunk {
-                let got = client.get(key.as_bytes()).await.map_err(|e| Error::Other(format!("reading back {key}: {e}")))?;
+                let got =
+                    client.get(key.as_bytes()).await.map_err(|e| Error::Other(format!("reading back {key}: {e}")))?;
                 if got.value.as_deref().map(LoadResult::decode) != Some(id) {
                     lost.push(key);
                 }
