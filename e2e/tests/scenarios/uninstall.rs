@@ -26,7 +26,7 @@ use pbft_e2e::Ctx;
 
 use super::cluster::write_through_service_read_everywhere;
 use super::install::RELEASE;
-use super::{ensure_basic, spec, BASIC, BASIC_NS};
+use super::{spec, BASIC, BASIC_NS};
 
 const CRD: &str = "consensusclusters.consensus.pbft.dev";
 
@@ -108,7 +108,16 @@ async fn release_leftovers(ctx: &Ctx, ns: &str) -> Result<(Vec<String>, Vec<Stri
 /// Deletes the shared cluster, then the Helm release: nothing of either is left.
 pub async fn uninstall(ctx: &Ctx, s: &mut Scenario) -> Result<()> {
     let ns = ctx.settings.operator_namespace.clone();
-    ensure_basic(ctx, s).await?;
+    // A cluster to delete: the shared one if an earlier scenario left it,
+    // else a fresh one; serving (Available) is enough, every member need
+    // not be Active.
+    if k8s::cc_dynamic(&ctx.client, BASIC_NS).get_opt(BASIC).await.map_err(kube_err("reading basic"))?.is_none() {
+        ctx.create_cluster(BASIC_NS, BASIC, spec(1, "128Mi"), BTreeMap::new()).await?;
+    }
+    k8s::wait_cc(&ctx.client, BASIC_NS, BASIC, "basic Available", Duration::from_secs(300), |cc| {
+        cc.status.as_ref().is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "Available" && c.status == "True"))
+    })
+    .await?;
     delete_cluster(ctx, s, BASIC_NS, BASIC).await?;
     k8s::delete_namespace(&ctx.client, BASIC_NS, Duration::from_secs(120)).await?;
     let remaining = k8s::all_clusters(&ctx.client).await?;
