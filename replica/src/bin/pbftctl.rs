@@ -19,6 +19,13 @@ struct Cli {
     /// Address overrides, id=host:port (comma-separated).
     #[arg(long, value_delimiter = ',')]
     endpoint: Vec<String>,
+    /// Send every request through this host:port instead (a client Service that
+    /// balances connections over the replicas), over --connections connections.
+    #[arg(long, conflicts_with = "endpoint")]
+    service: Option<String>,
+    /// Connections to --service (default: 3 per member, so f+1 replicas answer).
+    #[arg(long)]
+    connections: Option<usize>,
     /// Give up on one operation after this many seconds.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
@@ -34,6 +41,9 @@ enum Cmd {
     },
     Get {
         key: String,
+        /// Fail (exit 1) unless the value is exactly this (for scripts and `helm test`).
+        #[arg(long)]
+        expect: Option<String>,
     },
     Delete {
         key: String,
@@ -141,7 +151,15 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         let (id, addr) = e.split_once('=').ok_or_else(|| CtlError::Endpoint(e.clone()))?;
         overrides.push((id.parse().map_err(|_| CtlError::Endpoint(e.clone()))?, addr.to_string()));
     }
-    let endpoints = Endpoints::from_file(&cli.membership, &overrides)?;
+    let endpoints = match &cli.service {
+        None => Endpoints::from_file(&cli.membership, &overrides)?,
+        Some(addr) => {
+            let file = pbft::server::membership_file::MembershipFile::read(&cli.membership)?;
+            let membership = file.to_membership(&cli.membership)?;
+            let n = cli.connections.unwrap_or(3 * file.members.len());
+            Endpoints::through(membership, addr, n)?
+        }
+    };
     let timeout = Duration::from_secs_f64(cli.timeout.max(0.1));
     let client = || {
         let mut c = KvClient::new(endpoints.clone());
@@ -150,7 +168,15 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
     };
     match cli.cmd {
         Cmd::Put { key, value } => println!("{}", show(&client().put(key.as_bytes(), value.as_bytes()).await?)?),
-        Cmd::Get { key } => println!("{}", show(&client().get(key.as_bytes()).await?)?),
+        Cmd::Get { key, expect } => {
+            let value = show(&client().get(key.as_bytes()).await?)?;
+            println!("{value}");
+            if let Some(want) = expect {
+                if value != want {
+                    return Err(CtlError::Op(format!("{key}: expected {want:?}, read {value:?}")));
+                }
+            }
+        }
         Cmd::Delete { key } => println!("{}", show(&client().delete(key.as_bytes()).await?)?),
         Cmd::Cas { key, expected, new } => {
             let r = client()

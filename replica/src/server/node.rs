@@ -277,6 +277,10 @@ impl Admin for AdminSvc {
         st.memory_used_bytes = s.memory_used.load(Ordering::Relaxed);
         st.memory_limit_bytes = s.memory_limit.load(Ordering::Relaxed);
         st.ready = s.ready.load(Ordering::Relaxed);
+        #[cfg(feature = "fault-injection")]
+        {
+            st.evidence_count += s.faults.forged_evidence(st.epoch).len() as u64;
+        }
         if let Ok(peers) = s.peers.lock() {
             let mut v: Vec<PeerState> = peers
                 .values()
@@ -294,7 +298,13 @@ impl Admin for AdminSvc {
     }
 
     async fn evidence(&self, _: Request<EvidenceRequest>) -> Result<Response<EvidenceReply>, Status> {
-        let evidence = self.0.evidence.lock().map(|e| e.clone()).unwrap_or_default();
+        #[allow(unused_mut)]
+        let mut evidence = self.0.evidence.lock().map(|e| e.clone()).unwrap_or_default();
+        #[cfg(feature = "fault-injection")]
+        {
+            let epoch = self.0.status.lock().map(|s| s.epoch).unwrap_or_default();
+            evidence.extend(self.0.faults.forged_evidence(epoch));
+        }
         Ok(Response::new(EvidenceReply { evidence }))
     }
 }
@@ -1170,7 +1180,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         driver_done,
         #[cfg(feature = "fault-injection")]
-        faults: crate::server::faults::Faults::from_env(),
+        faults: crate::server::faults::Faults::from_env().signing_with(&key),
         settings,
     });
     shared.metrics.memory_limit.set(limit as i64);
