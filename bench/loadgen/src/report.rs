@@ -146,6 +146,15 @@ fn where_ours_loses(w: &mut String, r: &RunResults, values: &[usize]) {
     for v in values {
         for (sys, n) in [("ours-n4", 4usize), ("ours-n7", 7)] {
             let (Some(s), Some(c)) = (find(r, sys, *v), costs_for(r, *v)) else { continue };
+            if sat(s).median < 1.0 {
+                let _ = writeln!(
+                    w,
+                    "\n- **{} at {v} B**: committed (almost) nothing at saturation on a fresh cluster (see the notes: the replicas went \
+                     through view change after view change and stopped being ready); no CPU split to give.",
+                    s.label
+                );
+                continue;
+            }
             let b = observed_batch(s);
             let Some(ce) = ceiling(c, n, b, r.machine.cores) else { continue };
             let replica_ms = median_of(&s.saturation, |p| p.cpu_per_1k);
@@ -511,7 +520,8 @@ pub fn markdown(r: &RunResults, json: &Path, svg: &str) -> String {
     for (sys, n) in [("ours-n4", 4usize), ("ours-n7", 7)] {
         for v in &values {
             let Some(c) = costs_for(r, *v) else { continue };
-            let observed = find(r, sys, *v).map(observed_batch);
+            // No observed batch where nothing committed at saturation (the counters would mean nothing).
+            let observed = find(r, sys, *v).filter(|s| sat(s).median >= 1.0).map(observed_batch);
             let measured = find(r, sys, *v).map(|s| {
                 Spread::of(s.saturation.iter().filter_map(|p| p.replica_counters.map(|c| c.verifications_per_put)))
                     .median
