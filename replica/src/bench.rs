@@ -142,13 +142,19 @@ pub struct Latency {
 }
 
 impl Latency {
-    /// From latencies in microseconds (sorted here).
+    /// From latencies in microseconds (sorted here). Percentiles are
+    /// nearest-rank: the smallest sample with at least `p` of all samples at
+    /// or below it (so p50 of [100, 200] is 100).
     pub fn of(mut us: Vec<u64>) -> Latency {
         if us.is_empty() {
             return Latency::default();
         }
         us.sort_unstable();
-        let at = |p: f64| us[((us.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0;
+        let n = us.len();
+        let at = |p: f64| {
+            let rank = ((n as f64 * p).ceil() as usize).clamp(1, n);
+            us[rank - 1] as f64 / 1000.0
+        };
         let mean = us.iter().sum::<u64>() as f64 / us.len() as f64 / 1000.0;
         Latency { p50: at(0.5), p90: at(0.9), p99: at(0.99), p999: at(0.999), max: at(1.0), mean }
     }
@@ -617,7 +623,7 @@ mod tests {
     #[test]
     fn latency_percentiles() {
         let l = Latency::of((1..=1000).map(|i| i * 1000).collect());
-        assert_eq!((l.p50.round(), l.p99.round(), l.max.round()), (501.0, 990.0, 1000.0));
+        assert_eq!((l.p50.round(), l.p99.round(), l.max.round()), (500.0, 990.0, 1000.0));
         assert_eq!(Latency::of(vec![]).max, 0.0);
     }
 
