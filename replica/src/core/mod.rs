@@ -33,6 +33,7 @@ pub mod evidence;
 pub mod ledger;
 mod ordering;
 mod requests;
+mod suspicion;
 pub mod view_change;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -46,9 +47,9 @@ use crate::crypto::{
 };
 use crate::membership::{Membership, ReplicaId};
 use crate::proto::{
-    message::Body, operation::Kind as OpKind, Batch, Checkpoint, Commit, Envelope, Evidence, MembershipConfig, Message,
-    NewView, OpResult, PrePrepare, Prepare, PreparedCertificate, Reply, RequestBody, SignedRequest, StateRequest,
-    StateResponse, ViewChange,
+    message::Body, operation::Kind as OpKind, Batch, Checkpoint, Commit, Envelope, Evidence, Forward, MembershipConfig,
+    Message, NewView, OpResult, PrePrepare, Prepare, PreparedCertificate, Reply, RequestBody, SignedRequest,
+    StateRequest, StateResponse, Suspect, ViewChange,
 };
 use crate::state::{rejected, snapshot_digest, ClientRecord, ReplicatedState};
 use evidence::{make_evidence, vote_of, VoteSlot};
@@ -330,7 +331,10 @@ pub enum Action {
     StableCheckpoint { seq: u64, digest: Digest },
     /// The replica entered a new view.
     NewView { view: u64, primary: ReplicaId },
-    /// The replica suspects the primary and asks for view `view`.
+    /// The replica's primary did not order a request in time: it asks the
+    /// others for view `view` and keeps working in its view meanwhile.
+    PrimarySuspected { view: u64 },
+    /// A quorum suspects the primary: the replica left its view for `view`.
     ViewChangeStarted { view: u64 },
     /// A new membership epoch is in force.
     MembershipChanged { epoch: u64 },
@@ -354,6 +358,10 @@ pub struct Counters {
     pub dropped_over_budget: u64,
     pub requests_rejected: u64,
     pub view_changes: u64,
+    /// Times this replica suspected its primary (most never became a view change).
+    pub suspicions: u64,
+    /// Client requests relayed to the primary after a timeout.
+    pub forwarded_requests: u64,
     pub state_transfers: u64,
     pub evidence: u64,
 }
@@ -437,14 +445,17 @@ struct StableCheckpoint {
     proof: Vec<Envelope>,
 }
 
-/// What a replica keeps from the epoch it left, to bring laggards across.
+/// What a replica keeps from the epoch it left, to bring laggards across:
+/// kept until the next epoch, so a member that was away during the switch
+/// (down, cut off) still finds its way into the new one.
 #[derive(Clone, Debug)]
 struct Transition {
     membership: Membership,
     checkpoint: StableCheckpoint,
-    /// This replica's own old-epoch checkpoint vote at the boundary, re-sent while laggards may exist.
+    /// This replica's own old-epoch checkpoint vote at the boundary, re-sent
+    /// for the first `resend_ticks` retransmission periods.
     own_vote: Option<Envelope>,
-    ticks_left: u32,
+    resend_ticks: u32,
 }
 
 /// What the view-change timer is waiting for.
@@ -494,6 +505,14 @@ pub struct Replica {
     // ----- view change
     view_changes: BTreeMap<ReplicaId, StoredViewChange>,
     new_view: Option<(u64, Envelope, Charge)>,
+    /// The highest view each member (this one included) asked for with a
+    /// SUSPECT above the current view: at most one entry per member.
+    suspicions: BTreeMap<ReplicaId, u64>,
+    /// Our own latest SUSPECT, resent until the view changes.
+    own_suspicion: Option<(u64, Envelope)>,
+    /// The pending request last relayed to the primary (its next timeout
+    /// raises a suspicion instead).
+    forwarded: Option<Digest>,
     failed_views: u32,
     vc_timer_generation: u64,
     vc_timer_armed: bool,
@@ -583,6 +602,9 @@ impl Replica {
             transition: None,
             view_changes: BTreeMap::new(),
             new_view: None,
+            suspicions: BTreeMap::new(),
+            own_suspicion: None,
+            forwarded: None,
             failed_views: 0,
             vc_timer_generation: 0,
             vc_timer_armed: false,
@@ -1128,31 +1150,39 @@ impl Replica {
             self.arm_request_timer();
             return;
         }
-        // A replica gives up on its view only once a quorum reached it (its
-        // primary had its chance); otherwise it waits there, so the others
-        // catch up instead of chasing it. Byzantine replicas alone (f of
-        // them) cannot make it move on. A higher view that f+1 replicas
-        // asked for (one of them honest) is joined directly.
-        if !self.active {
-            let here = self.view_changes.values().filter(|v| v.view >= self.view).count();
-            if here < self.membership.quorum() {
-                if let Some(vc) = self.view_changes.get(&self.cfg.id).map(|v| v.env.clone()) {
-                    self.broadcast(&vc);
+        if self.active {
+            let is_primary = self.membership.primary(self.view) == self.cfg.id;
+            match self.vc_watch {
+                // First timeout of a request: the client may have reached
+                // only us, so relay what waits to the primary and give it
+                // another timeout.
+                Some(Watch::Request(d)) if !is_primary && self.forwarded != Some(d) => {
+                    self.forwarded = Some(d);
+                    self.forward_pending();
+                    self.arm_vc_timer();
                 }
-                self.arm_vc_timer();
-                return;
+                _ => {
+                    self.suspect(self.view.saturating_add(1));
+                    self.arm_vc_timer();
+                }
             }
+            return;
         }
-        self.failed_views = self.failed_views.saturating_add(1);
-        let mut above: Vec<u64> = self
-            .view_changes
-            .iter()
-            .filter(|(r, v)| **r != self.cfg.id && v.view > self.view)
-            .map(|(_, v)| v.view)
-            .collect();
-        above.sort_unstable();
-        let next = if above.len() >= self.membership.weak_quorum() { above[0] } else { self.view.saturating_add(1) };
-        self.start_view_change(next);
+        // In a view change: a replica gives up on the new view only once a
+        // quorum reached it (its primary had its chance); otherwise it waits
+        // there, so the others catch up instead of chasing it. Byzantine
+        // replicas alone (f of them) cannot make it move on. Even then it
+        // only suspects the new primary and keeps waiting for its NEW-VIEW
+        // (the others may have it): it moves on once a quorum suspects too.
+        let here = self.view_changes.values().filter(|v| v.view >= self.view).count();
+        if here >= self.membership.quorum() {
+            self.suspect(self.view.saturating_add(1));
+        } else if let Some(vc) = self.view_changes.get(&self.cfg.id).map(|v| v.env.clone()) {
+            self.broadcast(&vc);
+        }
+        if !self.active {
+            self.arm_vc_timer();
+        }
     }
 }
 

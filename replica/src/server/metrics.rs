@@ -55,6 +55,7 @@ pub struct Metrics {
     pub wal_group_records: Histogram,
     pub wal_bytes: Gauge,
     pub view_changes: Counter,
+    pub suspicions: Counter,
 }
 
 impl Metrics {
@@ -86,6 +87,7 @@ impl Metrics {
             wal_group_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             wal_bytes: Gauge::default(),
             view_changes: Counter::default(),
+            suspicions: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("view", "Current view", m.view.clone());
@@ -160,7 +162,16 @@ impl Metrics {
             prometheus_client::registry::Unit::Bytes,
             m.wal_bytes.clone(),
         );
-        registry.register("view_changes", "View changes started", m.view_changes.clone());
+        registry.register(
+            "view_changes",
+            "View changes started (a quorum suspected the primary)",
+            m.view_changes.clone(),
+        );
+        registry.register(
+            "primary_suspicions",
+            "Times this replica suspected its primary (a view change needs a quorum of suspicions)",
+            m.suspicions.clone(),
+        );
         Metrics { registry, ..m }
     }
 

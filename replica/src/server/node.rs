@@ -341,8 +341,8 @@ struct Driver {
     key: Keypair,
 }
 
-/// Labels of peer message types: the `Message.body` fields 3..=11, then "malformed".
-const MESSAGE_TYPES: [&str; 10] = [
+/// Labels of peer message types: the `Message.body` fields 3..=13, then "malformed".
+const MESSAGE_TYPES: [&str; 12] = [
     "pre_prepare",
     "prepare",
     "commit",
@@ -352,6 +352,8 @@ const MESSAGE_TYPES: [&str; 10] = [
     "state_request",
     "state_response",
     "reply",
+    "suspect",
+    "forward",
     "malformed",
 ];
 
@@ -400,7 +402,7 @@ fn find_bytes_field(b: &[u8], want: impl Fn(u64) -> bool) -> Option<(u64, &[u8])
 fn message_type(frame: &[u8]) -> usize {
     let malformed = MESSAGE_TYPES.len() - 1;
     let Some((_, payload)) = find_bytes_field(frame, |f| f == 1) else { return malformed };
-    match find_bytes_field(payload, |f| (3..=11).contains(&f)) {
+    match find_bytes_field(payload, |f| (3..=13).contains(&f)) {
         Some((field, _)) => (field - 3) as usize,
         None => malformed,
     }
@@ -654,9 +656,13 @@ impl Driver {
             Action::Evidence(e) => self.on_evidence(e),
             Action::StableCheckpoint { seq, .. } => tracing::debug!(seq, "stable checkpoint"),
             Action::NewView { view, primary } => tracing::info!(view, primary, "entered view"),
+            Action::PrimarySuspected { view } => {
+                m.suspicions.inc();
+                tracing::info!(view, "suspecting the primary: asked the others for a new view");
+            }
             Action::ViewChangeStarted { view } => {
                 m.view_changes.inc();
-                tracing::info!(view, "suspecting the primary: view change started");
+                tracing::info!(view, "a quorum suspects the primary: view change started");
             }
             Action::MembershipChanged { epoch } => {
                 tracing::info!(epoch, "membership epoch in force");
@@ -1284,7 +1290,7 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::crypto::Keypair;
-    use crate::proto::{message::Body, Checkpoint, Commit, Message};
+    use crate::proto::{message::Body, Checkpoint, Commit, Message, Suspect};
 
     #[test]
     fn message_type_is_read_from_the_wire() {
@@ -1294,6 +1300,8 @@ mod tests {
         assert_eq!(MESSAGE_TYPES[message_type(&commit)], "commit");
         let ckpt = seal(Body::Checkpoint(Checkpoint { seq: 64, state_digest: Bytes::from_static(&[2; 32]) }));
         assert_eq!(MESSAGE_TYPES[message_type(&ckpt)], "checkpoint");
+        let suspect = seal(Body::Suspect(Suspect { view: 4 }));
+        assert_eq!(MESSAGE_TYPES[message_type(&suspect)], "suspect");
         // Cut inside the payload, or not a frame at all (a cut signature still names the type).
         for bad in [&b""[..], &b"\xff\xff\xff"[..], &commit[..20], &[0x0a, 0x05, 0x10][..]] {
             assert_eq!(MESSAGE_TYPES[message_type(bad)], "malformed", "{bad:?}");

@@ -492,6 +492,9 @@ impl Sim {
                 Action::NewView { view, primary } => {
                     self.log(|| format!("r{id} entered view {view} (primary r{primary})"))
                 }
+                Action::PrimarySuspected { view } => {
+                    self.log(|| format!("r{id} suspects its primary, asks for view {view}"))
+                }
                 Action::ViewChangeStarted { view } => self.log(|| format!("r{id} starts view change to {view}")),
                 Action::MembershipChanged { epoch } => {
                     let m = self.replica(id).map(|r| r.membership().clone());
@@ -973,6 +976,8 @@ fn describe_message(b: &Bytes) -> String {
         Some(Body::StateRequest(r)) => format!("state-request from s{}", r.min_seq),
         Some(Body::StateResponse(r)) => format!("state-response ({} bytes)", r.snapshot.len()),
         Some(Body::Reply(_)) => "reply".into(),
+        Some(Body::Suspect(s)) => format!("suspect v{}", s.view),
+        Some(Body::Forward(f)) => format!("forward ({} requests)", f.requests.len()),
         None => "empty".into(),
     };
     format!("e{} r{} {body}", m.epoch, m.sender)
