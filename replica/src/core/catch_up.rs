@@ -204,6 +204,7 @@ impl Replica {
         if let Some(v) = own_latest {
             self.broadcast(&v);
         }
+        self.age_suspicions();
         self.resend_suspicion();
         if !self.active {
             if let Some(vc) = self.view_changes.get(&self.cfg.id).map(|v| v.env.clone()) {

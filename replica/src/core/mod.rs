@@ -458,6 +458,18 @@ struct Transition {
     resend_ticks: u32,
 }
 
+/// A peer's suspicion of the primary as held here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HeldSuspicion {
+    view: u64,
+    /// Retransmission periods since it arrived (a suspecting replica resends
+    /// every period; one that stopped is forgotten after [`SUSPICION_TTL_TICKS`]).
+    age: u32,
+}
+
+/// Retransmission periods a peer's suspicion counts without being resent.
+const SUSPICION_TTL_TICKS: u32 = 4;
+
 /// What the view-change timer is waiting for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Watch {
@@ -506,8 +518,9 @@ pub struct Replica {
     view_changes: BTreeMap<ReplicaId, StoredViewChange>,
     new_view: Option<(u64, Envelope, Charge)>,
     /// The highest view each member (this one included) asked for with a
-    /// SUSPECT above the current view: at most one entry per member.
-    suspicions: BTreeMap<ReplicaId, u64>,
+    /// SUSPECT above the current view, and how many retransmission periods
+    /// ago it came: at most one entry per member.
+    suspicions: BTreeMap<ReplicaId, HeldSuspicion>,
     /// Our own latest SUSPECT, resent until the view changes.
     own_suspicion: Option<(u64, Envelope)>,
     /// The pending request last relayed to the primary (its next timeout
@@ -1136,7 +1149,7 @@ impl Replica {
         }
     }
 
-    fn watch_satisfied(&self) -> bool {
+    pub(super) fn watch_satisfied(&self) -> bool {
         match self.vc_watch {
             None => true,
             Some(Watch::Request(d)) => !self.pending.contains_key(&d),
@@ -1147,6 +1160,8 @@ impl Replica {
 
     fn on_view_change_timer(&mut self) {
         if self.active && self.watch_satisfied() {
+            // What we waited for arrived: we no longer suspect anyone.
+            self.withdraw_suspicion();
             self.arm_request_timer();
             return;
         }

@@ -159,7 +159,8 @@ impl Replica {
             Body::Suspect(s) => {
                 s.view > self.view
                     && s.view <= self.view.saturating_add(MAX_VIEW_AHEAD)
-                    && self.suspicions.get(&msg.sender).is_none_or(|held| *held < s.view)
+                    // A resend refreshes a held suspicion at most once per period.
+                    && self.suspicions.get(&msg.sender).is_none_or(|h| h.view < s.view || (h.view == s.view && h.age > 0))
             }
             Body::Forward(_) => self.active && self.membership.primary(self.view) == self.cfg.id,
             Body::StateRequest(_) | Body::StateResponse(_) => true,

@@ -9,6 +9,11 @@
 //! replica suspect too. So f Byzantine replicas cannot move anyone, and an
 //! honest replica that alone lost patience (a laggard, one cut off from the
 //! primary) is never left outside the view the others keep working in.
+//!
+//! A suspecting replica resends its SUSPECT every retransmission period and
+//! withdraws it once what it waited for arrives; the others forget a
+//! suspicion that was not resent for a few periods, so transient suspicions
+//! of different replicas do not add up to a view change over time.
 
 use super::*;
 
@@ -29,16 +34,35 @@ impl Replica {
             self.out.push(Action::PrimarySuspected { view });
         }
         self.own_suspicion = Some((view, env.clone()));
-        self.suspicions.insert(self.cfg.id, view);
+        self.suspicions.insert(self.cfg.id, HeldSuspicion { view, age: 0 });
         self.broadcast(&env);
         self.count_suspicions();
     }
 
     /// A peer's SUSPECT (already admitted: above our view, newer than what we hold).
     pub(super) fn on_suspect(&mut self, sender: ReplicaId, s: Suspect) {
-        let held = self.suspicions.entry(sender).or_insert(s.view);
-        *held = (*held).max(s.view);
+        let held = self.suspicions.entry(sender).or_insert(HeldSuspicion { view: s.view, age: 0 });
+        *held = HeldSuspicion { view: held.view.max(s.view), age: 0 };
         self.count_suspicions();
+    }
+
+    /// Once per retransmission period: peers' suspicions grow older and
+    /// those not resent for a while are forgotten (ours is withdrawn explicitly).
+    pub(super) fn age_suspicions(&mut self) {
+        let me = self.cfg.id;
+        for (r, h) in self.suspicions.iter_mut() {
+            if *r != me {
+                h.age = h.age.saturating_add(1);
+            }
+        }
+        self.suspicions.retain(|_, h| h.age <= SUSPICION_TTL_TICKS);
+    }
+
+    /// Stops suspecting: what this replica waited for arrived.
+    pub(super) fn withdraw_suspicion(&mut self) {
+        if self.own_suspicion.take().is_some() {
+            self.suspicions.remove(&self.cfg.id);
+        }
     }
 
     /// The highest view above ours each member asked for, by SUSPECT or by
@@ -46,7 +70,7 @@ impl Replica {
     fn asked_views(&self) -> BTreeMap<ReplicaId, u64> {
         let mut asked: BTreeMap<ReplicaId, u64> = BTreeMap::new();
         let vcs = self.view_changes.iter().map(|(r, v)| (*r, v.view));
-        for (r, v) in self.suspicions.iter().map(|(r, v)| (*r, *v)).chain(vcs) {
+        for (r, v) in self.suspicions.iter().map(|(r, h)| (*r, h.view)).chain(vcs) {
             if v > self.view {
                 let held = asked.entry(r).or_insert(v);
                 *held = (*held).max(v);
@@ -87,12 +111,18 @@ impl Replica {
             self.own_suspicion = None;
             self.suspicions.remove(&self.cfg.id);
         }
-        self.suspicions.retain(|_, v| *v > view);
+        self.suspicions.retain(|_, h| h.view > view);
         self.forwarded = None;
     }
 
-    /// Our SUSPECT again, in case it was lost (from the retransmission timer).
+    /// Our SUSPECT again, in case it was lost and so that it does not expire
+    /// (from the retransmission timer); withdrawn instead once what we
+    /// waited for arrived.
     pub(super) fn resend_suspicion(&mut self) {
+        if self.active && self.watch_satisfied() {
+            self.withdraw_suspicion();
+            return;
+        }
         if let Some((v, env)) = &self.own_suspicion {
             if *v > self.view {
                 let env = env.clone();

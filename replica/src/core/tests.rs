@@ -366,6 +366,29 @@ fn f_plus_one_suspicions_bring_every_honest_replica_into_the_view_change() {
 }
 
 #[test]
+fn suspicions_that_are_not_resent_expire_and_do_not_add_up() {
+    let mut net = Net::new();
+    let actions = net.replicas[1].step_suspect(1);
+    net.absorb(1, actions);
+    net.run();
+    // r1 stops resending (it is down); the others forget its suspicion.
+    net.down.insert(1);
+    for _ in 0..=SUSPICION_TTL_TICKS {
+        for i in [0, 2, 3] {
+            net.fire(i, TimerKind::Retransmit);
+        }
+    }
+    let actions = net.replicas[2].step_suspect(1);
+    net.absorb(2, actions);
+    net.run();
+    for i in [0, 2, 3] {
+        let r = &net.replicas[i];
+        assert_eq!((r.view(), r.is_active()), (0, true), "{r:?}");
+    }
+    assert_eq!(net.replicas[0].counters().suspicions, 0, "one live suspicion is not f+1");
+}
+
+#[test]
 fn a_restarted_replica_recovers_its_state_and_never_signs_differently() {
     let mut net = Net::new();
     let mut c = client();
