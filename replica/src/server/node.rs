@@ -357,41 +357,26 @@ const MESSAGE_TYPES: [&str; 12] = [
     "malformed",
 ];
 
-/// Reads a protobuf varint at `at`.
-fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*at)?;
-        *at += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
 /// Finds the first length-delimited field whose number satisfies `want`: (number, contents).
-fn find_bytes_field(b: &[u8], want: impl Fn(u64) -> bool) -> Option<(u64, &[u8])> {
-    let mut at = 0;
-    while at < b.len() {
-        let key = varint(b, &mut at)?;
-        let (field, wire) = (key >> 3, key & 7);
+fn find_bytes_field(mut b: &[u8], want: impl Fn(u32) -> bool) -> Option<(u32, &[u8])> {
+    use prost::encoding::{decode_key, decode_varint, WireType};
+    while !b.is_empty() {
+        let (field, wire) = decode_key(&mut b).ok()?;
         match wire {
-            0 => {
-                varint(b, &mut at)?;
+            WireType::Varint => {
+                decode_varint(&mut b).ok()?;
             }
-            1 => at += 8,
-            2 => {
-                let len = usize::try_from(varint(b, &mut at)?).ok()?;
-                let end = at.checked_add(len).filter(|e| *e <= b.len())?;
+            WireType::SixtyFourBit => b = b.get(8..)?,
+            WireType::ThirtyTwoBit => b = b.get(4..)?,
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut b).ok()?).ok()?;
+                let (contents, rest) = (b.get(..len)?, b.get(len..)?);
                 if want(field) {
-                    return Some((field, &b[at..end]));
+                    return Some((field, contents));
                 }
-                at = end;
+                b = rest;
             }
-            5 => at += 4,
-            _ => return None,
+            WireType::StartGroup | WireType::EndGroup => return None,
         }
     }
     None
