@@ -38,6 +38,21 @@ uninstall() {
 # field NS NAME JSONPATH
 field() { kubectl -n "$1" get cc "$2" -o "jsonpath=$3"; }
 
+# diagnose NS NAME: what a failed wait leaves to read: members, pods, events,
+# and the last log lines of every replica that is not ready.
+diagnose() {
+  local ns=$1 name=$2 pod
+  log "diagnostics for $ns/$name"
+  field "$ns" "$name" '{range .status.members[*]}member {.id} {.pod} state={.state} executed={.lastExecuted}{"\n"}{end}' || true
+  kubectl -n "$ns" get pods -l "app.kubernetes.io/instance=$name" -o wide || true
+  kubectl -n "$ns" get events --sort-by=.lastTimestamp -o custom-columns=REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message --no-headers | tail -15 || true
+  for pod in $(kubectl -n "$ns" get pods -l "app.kubernetes.io/instance=$name,app.kubernetes.io/component=replica" \
+    -o 'jsonpath={range .items[?(@.status.containerStatuses[0].ready==false)]}{.metadata.name}{" "}{end}'); do
+    log "last log lines of unready $pod"
+    kubectl -n "$ns" logs "$pod" --tail=25 || true
+  done
+}
+
 wait_available() { # NS NAME TIMEOUT_S
   local ns=$1 name=$2 t=${3:-240} i
   for ((i = 0; i < t; i++)); do
@@ -127,6 +142,7 @@ scale_to() {
     pass "scaled to f=$f ($n members, one membership change at a time) in $(( $(now_ms) - t0 )) ms"
   else
     fail "scaling to f=$f did not finish"
+    diagnose "$ns" "$name"
   fi
 }
 

@@ -9,7 +9,8 @@
 #
 # Offline:
 #   crd-sync          chart's files/crds copy == crds/consensuscluster.yaml
-#   lint/<set>        helm lint --strict (default values, every value set in charts/pbft-operator/ci/)
+#   lint/<set>        helm lint --strict (default values, every value set in charts/pbft-operator/ci/;
+#                     fault-injection: the e2e install, the only one passing --allow-fault-injection)
 #   render/<set>      helm template succeeds; the objects are well formed
 #                     (apiVersion, kind, name, namespace, no duplicates), carry
 #                     the chart labels, meet Pod Security "restricted", RBAC
@@ -77,7 +78,7 @@ echo "helm: $HELM ($("$HELM" version --short 2>/dev/null))"
 
 # ---------------------------------------------------------------- python checks
 read -r -d '' PYCHECK <<'PYEOF'
-import json, re, sys, yaml
+import json, os, re, sys, yaml
 
 def docs(path):
     with open(path) as f:
@@ -164,6 +165,12 @@ def check_render(path, crd_path, expect):
         for w in want:
             if not any(a.startswith(w) for a in args): err(f"operator args lack {w}")
         if f"--leader-election={'true' if ex['leader'] else 'false'}" not in args: err("--leader-election value")
+        # Fault injection (Byzantine replicas on request) only when the values ask for it.
+        faulty = [a for a in args if a.startswith("--allow-fault-injection") or a.startswith("--fault-injection-image")]
+        if ex.get("faults"):
+            if faulty != ["--allow-fault-injection=true", "--fault-injection-image=pbft-replica-faulty:0.1.0"]:
+                err(f"fault-injection args: {faulty}")
+        elif faulty: err(f"fault injection enabled without faultInjection.enabled: {faulty}")
         env = {e["name"]: e for e in c.get("env", [])}
         for n, fp in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
             if ((env.get(n) or {}).get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") != fp:
@@ -289,9 +296,20 @@ def podify(path, ns):
                       "metadata": {"name": "pbft-operator-psa-check", "namespace": ns, "labels": t["metadata"]["labels"]},
                       "spec": t["spec"]}))
 
-def hook_script(path):
-    pod = [o for o in docs(path) if o.get("kind") == "Pod"][0]
-    print(pod["spec"]["containers"][0]["args"][0])
+def hook_script(path, outdir):
+    """Writes each shell script of the helm test Pods to OUTDIR/<pod>-<container>.sh; prints the paths."""
+    n = 0
+    for pod in (o for o in docs(path) if o.get("kind") == "Pod"):
+        spec = pod["spec"]
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            if c.get("command", [])[:2] == ["/bin/sh", "-c"]:
+                out = os.path.join(outdir, f"{pod['metadata']['name']}-{c['name']}.sh")
+                with open(out, "w") as f:
+                    f.write(c["args"][0])
+                print(out)
+                n += 1
+    if n == 0:
+        raise SystemExit("no shell script in the helm test Pods")
 
 def kinds(path):
     print(" ".join(sorted({o["kind"] for o in docs(path)})))
@@ -322,6 +340,7 @@ SETS=(
   "all-features|$CHART/ci/all-features-values.yaml|{\"leader\":true,\"watch\":\"\",\"crd\":true,\"keep\":true}"
   "watch-namespace|$CHART/ci/watch-namespace-values.yaml|{\"leader\":true,\"watch\":\"pbft-apps\",\"crd\":true,\"keep\":true}"
   "minimal|$CHART/ci/minimal-values.yaml|{\"leader\":false,\"watch\":\"\",\"crd\":false,\"keep\":true}"
+  "fault-injection|$CHART/ci/fault-injection-values.yaml|{\"leader\":true,\"watch\":\"\",\"crd\":true,\"keep\":true,\"faults\":true}"
 )
 values_args() { [[ "$1" == - ]] || printf -- '-f\n%s\n' "$1"; }
 
@@ -364,6 +383,7 @@ bad_case logFormat-enum 'logFormat: xml'
 bad_case pullPolicy-enum $'image:\n  repository: pbft-operator\n  pullPolicy: Sometimes'
 bad_case watchNamespace-not-dns 'watchNamespace: Not_A_Namespace'
 bad_case viewChangeWindow-duration $'metrics:\n  prometheusRule:\n    viewChangeWindow: ten minutes'
+bad_case faultInjection-not-bool $'faultInjection:\n  enabled: "yes"'
 
 # guard: values the schema allows but the templates refuse
 if out=$("$HELM" template t "$CHART" --set replicaCount=2 --set leaderElection.enabled=false 2>&1); then
@@ -397,9 +417,11 @@ else skip promtool "promtool not on PATH (PromQL syntax not checked offline)"; f
 
 # Lint the helm test's script (busybox sh) with shellcheck, when installed
 if command -v shellcheck >/dev/null 2>&1; then
-  if pycheck hook_script "$WORK/render-default.yaml" >"$WORK/hook.sh" 2>&1 &&
-     out=$(shellcheck -s sh -e SC2020 "$WORK/hook.sh" 2>&1); then pass "sh-lint/test-hook"
-  else fail sh-lint/test-hook "the helm test script"; { cat "$WORK/hook.sh"; echo "${out:-}"; } | indent; fi
+  mkdir -p "$WORK/hooks"
+  if pycheck hook_script "$WORK/render-default.yaml" "$WORK/hooks" >"$WORK/hooks.list" 2>&1 &&
+     mapfile -t hooks <"$WORK/hooks.list" &&
+     out=$(shellcheck -s sh -e SC2020 "${hooks[@]}" 2>&1); then pass "sh-lint/test-hook (${#hooks[@]} scripts)"
+  else fail sh-lint/test-hook "the helm test scripts"; { cat "$WORK/hooks.list"; echo "${out:-}"; } | indent; fi
 else skip sh-lint/test-hook "shellcheck not on PATH"; fi
 
 # drift of the plain manifest

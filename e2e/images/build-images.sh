@@ -4,7 +4,8 @@
 #
 #   build-images.sh base      pause, busybox, toolbox (busybox+curl), CoreDNS, local-path-provisioner,
 #                             ldd self-test
-#   build-images.sh apps      pbft-replica, pbft-operator, pbft-replica-faulty (skipped
+#   build-images.sh apps      pbft-replica (with pbftctl; also tagged <ver>-upgrade for the
+#                             e2e rolling upgrade), pbft-operator, pbft-replica-faulty (skipped
 #                             with a message when the Rust binary is not built yet)
 #   build-images.sh all       base + apps (default)
 #   build-images.sh import [ARCHIVE...]   ctr -n k8s.io images import (all archives by default)
@@ -20,6 +21,8 @@
 # App images (env):
 #   PBFT_IMAGE_VERSION        tag (default: version from the workspace Cargo.toml)
 #   PBFT_REPLICA_BIN          default target/release/pbft-replica
+#   PBFT_PBFTCTL_BIN          default: pbftctl next to PBFT_REPLICA_BIN
+#   PBFT_UPGRADE_TAG          second tag of the replica image (default <ver>-upgrade)
 #   PBFT_OPERATOR_BIN         default target/release/pbft-operator
 #   PBFT_REPLICA_FAULTY_BIN   default target/fault-injection/release/pbft-replica
 set -euo pipefail
@@ -149,23 +152,43 @@ if v:
 EOF
 }
 
+# pack_replica TAG REPLICA_BIN PBFTCTL_BIN : a replica image that also ships the
+# client CLI at /usr/local/bin/pbftctl (helm test and e2e client pods use it)
+pack_replica() {
+  local tag="$1" bin="$2" ctl="$3"
+  local out; out=$(archive_name "$tag")
+  if fresh "$out" "$bin" "$ctl"; then log "${tag}: up to date ($out)"; return; fi
+  "$MKIMAGE" --tag "$tag" --out "$out" --base-etc \
+    --with-libs "$bin:/usr/local/bin/pbft-replica" --with-libs "$ctl:/usr/local/bin/pbftctl" \
+    --entrypoint /usr/local/bin/pbft-replica --user 65534:65534
+}
+
 build_apps() {
   local ver="${PBFT_IMAGE_VERSION:-$(workspace_version)}"
   if [[ -z "$ver" ]]; then
     log "apps: SKIPPED: no PBFT_IMAGE_VERSION and no version in $REPO/Cargo.toml"; return
   fi
-  local spec name bin
-  for spec in \
-      "pbft-replica|${PBFT_REPLICA_BIN:-$REPO/target/release/pbft-replica}" \
-      "pbft-operator|${PBFT_OPERATOR_BIN:-$REPO/target/release/pbft-operator}" \
-      "pbft-replica-faulty|${PBFT_REPLICA_FAULTY_BIN:-$REPO/target/fault-injection/release/pbft-replica}"; do
-    name="${spec%%|*}"; bin="${spec#*|}"
-    if [[ ! -x "$bin" ]]; then
-      log "apps: SKIPPED $name:$ver: binary $bin not built yet (cargo build --release)"
-      continue
-    fi
-    pack_binary "$name:$ver" "$bin"
+  local replica="${PBFT_REPLICA_BIN:-$REPO/target/release/pbft-replica}"
+  local ctl="${PBFT_PBFTCTL_BIN:-$(dirname "$replica")/pbftctl}"
+  local faulty="${PBFT_REPLICA_FAULTY_BIN:-$REPO/target/fault-injection/release/pbft-replica}"
+  local operator="${PBFT_OPERATOR_BIN:-$REPO/target/release/pbft-operator}"
+  local upgrade="${PBFT_UPGRADE_TAG:-$ver-upgrade}"
+  local bin
+  for bin in "$replica" "$ctl"; do
+    [[ -x "$bin" ]] || { log "apps: SKIPPED the replica images: binary $bin not built yet (cargo build --release)"; replica=; }
   done
+  if [[ -n "$replica" ]]; then
+    pack_replica "pbft-replica:$ver" "$replica" "$ctl"
+    # The same build under a second tag: the e2e rolling upgrade changes spec.image to it.
+    pack_replica "pbft-replica:$upgrade" "$replica" "$ctl"
+    if [[ -x "$faulty" ]]; then
+      pack_replica "pbft-replica-faulty:$ver" "$faulty" "$ctl"
+    else
+      log "apps: SKIPPED pbft-replica-faulty:$ver: binary $faulty not built yet (cargo build --release -p replica --features fault-injection)"
+    fi
+  fi
+  if [[ -x "$operator" ]]; then pack_binary "pbft-operator:$ver" "$operator"
+  else log "apps: SKIPPED pbft-operator:$ver: binary $operator not built yet (cargo build --release)"; fi
 }
 
 build_base() { img_pause; img_busybox; img_toolbox; img_coredns; img_local_path; img_selftest; }

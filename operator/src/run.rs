@@ -43,6 +43,15 @@ pub struct RunSettings {
     /// Watch only this namespace (default: all).
     #[arg(long, env = "PBFT_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+    /// TEST ONLY: honour the `consensus.pbft.dev/fault-injection` annotation of
+    /// new ConsensusClusters (chosen members run --fault-injection-image). Never
+    /// in production: a faulty member is a Byzantine replica on purpose.
+    #[arg(long, env = "PBFT_ALLOW_FAULT_INJECTION", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub allow_fault_injection: bool,
+    /// The replica image built with the `fault-injection` feature (used only with --allow-fault-injection).
+    #[arg(long, env = "PBFT_FAULT_INJECTION_IMAGE", default_value = crate::validate::DEFAULT_FAULT_INJECTION_IMAGE)]
+    pub fault_injection_image: String,
 }
 
 /// Why the controller stopped.
@@ -111,7 +120,10 @@ pub async fn run(mut s: RunSettings) -> Result<(), RunError> {
     let reporter = Reporter { controller: "pbft-operator".into(), instance: Some(identity) };
     let ctx = Arc::new(Context {
         client: client.clone(),
-        defaults: OperatorDefaults { replica_image: s.replica_image.clone() },
+        defaults: OperatorDefaults {
+            replica_image: s.replica_image.clone(),
+            fault_injection_image: s.allow_fault_injection.then(|| s.fault_injection_image.clone()),
+        },
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
     });
@@ -143,6 +155,9 @@ pub async fn run(mut s: RunSettings) -> Result<(), RunError> {
                 Err(e) => tracing::debug!("controller: {e}"),
             }
         });
+    if s.allow_fault_injection {
+        tracing::warn!(image = %s.fault_injection_image, "FAULT INJECTION ALLOWED (test-only): clusters may ask for Byzantine members");
+    }
     tracing::info!(watch_namespace = ?s.watch_namespace, replica_image = %s.replica_image, "controller started");
     match lost_lease {
         None => {

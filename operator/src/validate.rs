@@ -145,14 +145,19 @@ impl ValidateError {
 pub struct OperatorDefaults {
     /// Replica image used when `spec.image` is omitted.
     pub replica_image: String,
+    /// The fault-injection replica image, set only when the operator runs
+    /// with `--allow-fault-injection` (test-only; see [`crate::fault_injection`]).
+    pub fault_injection_image: Option<String>,
 }
 
 /// The replica image of this release.
 pub const DEFAULT_REPLICA_IMAGE: &str = concat!("pbft-replica:", env!("CARGO_PKG_VERSION"));
+/// The fault-injection replica image of this release (e2e tests only).
+pub const DEFAULT_FAULT_INJECTION_IMAGE: &str = concat!("pbft-replica-faulty:", env!("CARGO_PKG_VERSION"));
 
 impl Default for OperatorDefaults {
     fn default() -> Self {
-        OperatorDefaults { replica_image: DEFAULT_REPLICA_IMAGE.to_string() }
+        OperatorDefaults { replica_image: DEFAULT_REPLICA_IMAGE.to_string(), fault_injection_image: None }
     }
 }
 
@@ -177,6 +182,8 @@ pub struct ValidatedCluster {
     pub memory_bytes: u128,
     /// View-change timeout in milliseconds.
     pub view_change_timeout_ms: u64,
+    /// The fault-injection image, when the operator allows fault injection.
+    pub fault_injection_image: Option<String>,
 }
 
 /// Longest cluster name: `<name>-peers` (a Service, DNS label) and
@@ -329,6 +336,7 @@ pub fn validate(
         replicas: 3 * f + 1,
         memory_bytes,
         view_change_timeout_ms: (vct / 1_000_000) as u64,
+        fault_injection_image: defaults.fault_injection_image.clone(),
         spec,
     })
 }

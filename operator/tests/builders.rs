@@ -31,7 +31,7 @@ fn render(case: &Path) -> String {
     } else {
         MembershipInput::default()
     };
-    let defaults = OperatorDefaults { replica_image: "pbft-replica:0.1.0".into() };
+    let defaults = OperatorDefaults { replica_image: "pbft-replica:0.1.0".into(), fault_injection_image: None };
     let cluster = validate(&cc, None, &defaults).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
     build_all(&cluster, &membership).and_then(|o| o.to_yaml()).unwrap_or_else(|e| panic!("{}: {e}", case.display()))
 }

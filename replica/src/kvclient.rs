@@ -57,6 +57,26 @@ impl Endpoints {
         Ok(Endpoints { membership, replicas })
     }
 
+    /// Every request through one address that load-balances connections
+    /// over the replicas (a Kubernetes client Service): `connections`
+    /// separate connections, so that f+1 different replicas answer with high
+    /// probability (each connection lands on a replica chosen by the
+    /// balancer; replies are told apart by their signatures, not by the
+    /// connection). Entries are numbered 0.. and name no replica. A replica
+    /// refusing a request is counted once per connection that reached it.
+    pub fn through(membership: Membership, addr: &str, connections: usize) -> Result<Endpoints, ClientError> {
+        let mut replicas = vec![];
+        for i in 0..connections.max(1) {
+            let ch = Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| ClientError::Endpoint { addr: addr.to_string(), msg: e.to_string() })?
+                .connect_timeout(Duration::from_millis(500))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            replicas.push((i as u32, addr.to_string(), ch));
+        }
+        Ok(Endpoints { membership, replicas })
+    }
+
     /// Every replica's status (or the error reaching it).
     pub async fn status(&self) -> Vec<(u32, String, Result<StatusReply, String>)> {
         let mut set = JoinSet::new();

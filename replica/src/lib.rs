@@ -3,6 +3,7 @@
 //! seeded simulator that attacks it ([`sim`]), the gRPC server ([`server`])
 //! and its client library ([`kvclient`]).
 
+pub mod bench;
 pub mod core;
 pub mod crypto;
 pub mod kvclient;

@@ -67,6 +67,15 @@ helm.sh/chart: {{ include "pbft-operator.chart" . }}
 {{- printf "%s:%s" .Values.replicaImage.repository (default .Chart.AppVersion .Values.replicaImage.tag) -}}
 {{- end -}}
 
+{{- define "pbft-operator.faultInjectionImage" -}}
+{{- printf "%s:%s" .Values.faultInjection.image.repository (default .Chart.AppVersion .Values.faultInjection.image.tag) -}}
+{{- end -}}
+
+{{/* Image of the helm test's pbftctl pod: test.clientImage, else the test cluster's replica image. */}}
+{{- define "pbft-operator.testClientImage" -}}
+{{- .Values.test.clientImage | default .Values.test.clusterImage | default (include "pbft-operator.replicaImage" .) -}}
+{{- end -}}
+
 {{/* Namespace of the helm test's ConsensusCluster. */}}
 {{- define "pbft-operator.testNamespace" -}}
 {{- .Values.test.namespace | default .Values.watchNamespace | default .Release.Namespace -}}

@@ -239,7 +239,7 @@ pub fn build_all(cluster: &ValidatedCluster, membership: &MembershipInput) -> Re
             .find(|m| m.id == id)
             .and_then(|m| m.key_secret.clone())
             .unwrap_or_else(|| format!("{}-key-{id}", cluster.name));
-        pods.push(pod::build_pod(cluster, id, &key_secret)?);
+        pods.push(pod::build_pod(cluster, id, &key_secret, None)?);
         if let Some(pvc) = pod::build_pvc(cluster, id) {
             pvcs.push(pvc);
         }
@@ -309,7 +309,15 @@ pub(crate) mod test_support {
         let mut cc = ConsensusCluster::new("ledger", spec);
         cc.metadata.namespace = Some("prod".into());
         cc.metadata.uid = Some("0b9e6a2e-0000-4000-8000-000000000001".into());
-        validate(&cc, None, &OperatorDefaults { replica_image: "pbft-replica:test".into() }).expect("valid")
+        validate(
+            &cc,
+            None,
+            &OperatorDefaults {
+                replica_image: "pbft-replica:test".into(),
+                fault_injection_image: Some("pbft-replica-faulty:test".into()),
+            },
+        )
+        .expect("valid")
     }
 }
 

@@ -140,19 +140,32 @@ fn data_volume(cluster: &ValidatedCluster, id: u32) -> Volume {
 }
 
 /// The Pod of member `id`, running the key held in Secret `key_secret`.
-pub fn build_pod(cluster: &ValidatedCluster, id: u32, key_secret: &str) -> Result<Pod, BuildError> {
+/// `faults` (the `PBFT_FAULTS` bound to that key, see
+/// [`crate::fault_injection`]) selects the fault-injection image, only when
+/// the operator allows fault injection; otherwise the pod is a normal replica.
+pub fn build_pod(
+    cluster: &ValidatedCluster,
+    id: u32,
+    key_secret: &str,
+    faults: Option<&str>,
+) -> Result<Pod, BuildError> {
     let placement = &cluster.spec.placement;
+    let faulty = faults.zip(cluster.fault_injection_image.as_deref());
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        EnvVar { name: "RUST_LOG".into(), value: Some("info".into()), ..Default::default() },
+    ];
+    if let Some((spec, _)) = faulty {
+        env.push(EnvVar { name: "PBFT_FAULTS".into(), value: Some(spec.to_string()), ..Default::default() });
+    }
     let container = Container {
         name: CONTAINER_NAME.into(),
-        image: Some(cluster.image.clone()),
+        image: Some(faulty.map_or_else(|| cluster.image.clone(), |(_, image)| image.to_string())),
         image_pull_policy: Some(cluster.spec.image_pull_policy.as_str().into()),
         command: Some(vec!["pbft-replica".into()]),
         args: Some(replica_args(cluster, id)),
-        env: Some(vec![
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            EnvVar { name: "RUST_LOG".into(), value: Some("info".into()), ..Default::default() },
-        ]),
+        env: Some(env),
         ports: Some(vec![
             port("peer", PEER_PORT),
             port("client", CLIENT_PORT),
@@ -244,6 +257,9 @@ pub fn build_pod(cluster: &ValidatedCluster, id: u32, key_secret: &str) -> Resul
     let mut meta = object_meta(cluster, pod_name(cluster, id), COMPONENT_REPLICA);
     if let Some(labels) = meta.labels.as_mut() {
         labels.insert(MEMBER_ID_LABEL.into(), id.to_string());
+        if faulty.is_some() {
+            labels.insert(crate::fault_injection::POD_LABEL.into(), "true".into());
+        }
     }
     meta.annotations = Some(BTreeMap::from([(SPEC_HASH_ANNOTATION.to_string(), short_hash("PodSpec", &spec)?)]));
     Ok(Pod { metadata: meta, spec: Some(spec), status: None })
@@ -283,7 +299,7 @@ mod tests {
     #[test]
     fn pod_is_hardened_and_named() {
         let c = cluster("faultTolerance: 1");
-        let p = build_pod(&c, 3, "k").expect("pod");
+        let p = build_pod(&c, 3, "k", None).expect("pod");
         assert_eq!(p.metadata.name.as_deref(), Some("ledger-3"));
         let spec = p.spec.as_ref().expect("spec");
         assert_eq!(spec.automount_service_account_token, Some(false));
@@ -302,7 +318,7 @@ mod tests {
     #[test]
     fn memory_request_equals_limit() {
         let c = cluster("{faultTolerance: 1, resources: {limits: {memory: 512Mi, cpu: 2}, requests: {cpu: 250m}}}");
-        let r = container(&build_pod(&c, 0, "k").expect("pod")).resources.clone().expect("resources");
+        let r = container(&build_pod(&c, 0, "k", None).expect("pod")).resources.clone().expect("resources");
         let (limits, requests) = (r.limits.expect("limits"), r.requests.expect("requests"));
         assert_eq!(limits["memory"].0, "512Mi");
         assert_eq!(requests["memory"].0, "512Mi");
@@ -314,29 +330,51 @@ mod tests {
     fn storage_selects_pvc_or_empty_dir() {
         let eph = cluster("faultTolerance: 1");
         assert!(build_pvc(&eph, 0).is_none());
-        let vols = build_pod(&eph, 0, "k").expect("pod").spec.expect("spec").volumes.expect("volumes");
+        let vols = build_pod(&eph, 0, "k", None).expect("pod").spec.expect("spec").volumes.expect("volumes");
         assert!(vols[0].empty_dir.is_some());
         let per = cluster("{faultTolerance: 1, storage: {size: 2Gi, storageClassName: standard}}");
         let pvc = build_pvc(&per, 2).expect("pvc");
         assert_eq!(pvc.metadata.name.as_deref(), Some("data-ledger-2"));
-        let vols = build_pod(&per, 2, "k").expect("pod").spec.expect("spec").volumes.expect("volumes");
+        let vols = build_pod(&per, 2, "k", None).expect("pod").spec.expect("spec").volumes.expect("volumes");
         assert_eq!(vols[0].persistent_volume_claim.as_ref().map(|p| p.claim_name.as_str()), Some("data-ledger-2"));
     }
 
     #[test]
     fn spec_hash_follows_the_spec() {
-        let a = build_pod(&cluster("faultTolerance: 1"), 0, "k").expect("pod");
-        let b = build_pod(&cluster("faultTolerance: 1"), 0, "k").expect("pod");
-        let c = build_pod(&cluster("{faultTolerance: 1, image: other:1}"), 0, "k").expect("pod");
+        let a = build_pod(&cluster("faultTolerance: 1"), 0, "k", None).expect("pod");
+        let b = build_pod(&cluster("faultTolerance: 1"), 0, "k", None).expect("pod");
+        let c = build_pod(&cluster("{faultTolerance: 1, image: other:1}"), 0, "k", None).expect("pod");
         let hash = |p: &Pod| p.metadata.annotations.as_ref().and_then(|a| a.get(SPEC_HASH_ANNOTATION)).cloned();
         assert_eq!(hash(&a), hash(&b));
         assert_ne!(hash(&a), hash(&c));
     }
 
     #[test]
+    fn faults_select_the_fault_injection_image_only_when_allowed() {
+        let c = cluster("faultTolerance: 1");
+        let p = build_pod(&c, 1, "k", Some("equivocate")).expect("pod");
+        let ct = container(&p);
+        assert_eq!(ct.image.as_deref(), Some("pbft-replica-faulty:test"));
+        let env = ct.env.clone().expect("env");
+        assert!(env.iter().any(|e| e.name == "PBFT_FAULTS" && e.value.as_deref() == Some("equivocate")));
+        let label = p.metadata.labels.as_ref().and_then(|l| l.get(crate::fault_injection::POD_LABEL).cloned());
+        assert_eq!(label.as_deref(), Some("true"));
+        let honest = build_pod(&c, 1, "k", None).expect("pod");
+        let hash = |p: &Pod| p.metadata.annotations.as_ref().and_then(|a| a.get(SPEC_HASH_ANNOTATION)).cloned();
+        assert_ne!(hash(&p), hash(&honest));
+        // An operator without --allow-fault-injection builds a normal replica whatever the key says.
+        let mut refused = c.clone();
+        refused.fault_injection_image = None;
+        let p = build_pod(&refused, 1, "k", Some("equivocate")).expect("pod");
+        assert_eq!(container(&p).image.as_deref(), Some("pbft-replica:test"));
+        assert!(!container(&p).env.clone().expect("env").iter().any(|e| e.name == "PBFT_FAULTS"));
+        assert_eq!(hash(&p), hash(&honest));
+    }
+
+    #[test]
     fn anti_affinity_modes() {
         let aff = |mode: &str| {
-            build_pod(&cluster(&format!("{{faultTolerance: 1, placement: {{podAntiAffinity: {mode}}}}}")), 0, "k")
+            build_pod(&cluster(&format!("{{faultTolerance: 1, placement: {{podAntiAffinity: {mode}}}}}")), 0, "k", None)
                 .expect("pod")
                 .spec
                 .expect("spec")

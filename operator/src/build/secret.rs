@@ -54,17 +54,23 @@ fn key_secret(cluster: &ValidatedCluster, name: String, component: &str, secret_
     }
 }
 
-/// The Secret holding member `id`'s private key.
+/// The Secret holding member `id`'s private key; `faults` binds a
+/// fault-injection `PBFT_FAULTS` value to this key (test clusters only, see
+/// [`crate::fault_injection`]).
 pub fn build_member_key_secret(
     cluster: &ValidatedCluster,
     id: u32,
     secret_hex: &str,
     public_hex: &str,
+    faults: Option<&str>,
 ) -> Result<Secret, BuildError> {
     let name = member_key_secret_name(cluster, id, public_hex)?;
     let mut s = key_secret(cluster, name, COMPONENT_KEY, secret_hex, public_hex);
     if let Some(labels) = s.metadata.labels.as_mut() {
         labels.insert(MEMBER_ID_LABEL.into(), id.to_string());
+    }
+    if let (Some(f), Some(ann)) = (faults, s.metadata.annotations.as_mut()) {
+        ann.insert(crate::fault_injection::KEY_FAULTS_ANNOTATION.into(), f.to_string());
     }
     Ok(s)
 }
@@ -83,16 +89,21 @@ mod tests {
     fn member_key_secrets_are_immutable_named_by_key_and_labelled() {
         let c = cluster("faultTolerance: 1");
         let public = "ab".repeat(32);
-        let s = build_member_key_secret(&c, 2, &"01".repeat(32), &public).expect("secret");
+        let s = build_member_key_secret(&c, 2, &"01".repeat(32), &public, None).expect("secret");
         let name = s.metadata.name.clone().expect("name");
         assert!(name.starts_with("ledger-key-2-") && name.len() == "ledger-key-2-".len() + 8, "{name}");
         assert_eq!(s.immutable, Some(true));
         assert_eq!(s.data.as_ref().map(|d| d[KEY_FILE].0.clone()), Some("01".repeat(32).into_bytes()));
         assert_eq!(s.metadata.annotations.as_ref().map(|a| a[PUBLIC_KEY_ANNOTATION].clone()), Some(public.clone()));
         assert_eq!(s.metadata.labels.as_ref().map(|l| l[MEMBER_ID_LABEL].clone()), Some("2".into()));
-        let other = build_member_key_secret(&c, 2, &"02".repeat(32), &"cd".repeat(32)).expect("secret");
+        let other = build_member_key_secret(&c, 2, &"02".repeat(32), &"cd".repeat(32), Some("flood")).expect("secret");
         assert_ne!(other.metadata.name, s.metadata.name, "a new key is a new Secret");
-        assert!(build_member_key_secret(&c, 2, "00", "zz").is_err());
+        let faults = |s: &Secret| {
+            s.metadata.annotations.as_ref().and_then(|a| a.get(crate::fault_injection::KEY_FAULTS_ANNOTATION).cloned())
+        };
+        assert_eq!(faults(&other).as_deref(), Some("flood"));
+        assert_eq!(faults(&s), None);
+        assert!(build_member_key_secret(&c, 2, "00", "zz", None).is_err());
     }
 
     #[test]

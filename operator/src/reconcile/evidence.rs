@@ -1,6 +1,15 @@
 //! Evidence collected from replicas: decoded, verified against the membership
 //! of its epoch with the replica crate's own strict check, and turned into
 //! status records. Evidence that does not verify convicts nobody.
+//!
+//! A record stands for a claim, not for one message pair: a faulty member
+//! that conflicts in every slot leaves hundreds of distinct evidence items on
+//! every honest replica (each keeps up to 1024), and all of them say the same
+//! thing. One verified record per (offender key, kind) is enough to convict,
+//! and one unverified record per (reporter, offender, epoch, kind) is enough
+//! to warn; further evidence of a recorded claim is neither verified again
+//! ([`already_convicted`]) nor recorded, so the status stays small and stable
+//! and each claim gives one Event.
 
 use prost::Message as _;
 use sha2::{Digest, Sha256};
@@ -77,9 +86,38 @@ pub fn examine(reporter: u32, encoded: &[u8], history: &[Committed]) -> Finding 
     Finding { digest, kind: kind_name(e.kind), offender: e.offender, epoch: e.epoch, reporter, verdict }
 }
 
-/// Merges new findings into the status records (deduplicated by digest, the
-/// most recent [`MAX_RECORDS`] kept, verified ones preferred when trimming)
-/// and returns the findings that were new.
+/// Whether `encoded` accuses a key that a verified record already convicts
+/// of the same kind (a cheap decode, no signature check): such evidence adds
+/// nothing, whoever reports it.
+pub fn already_convicted(records: &[EvidenceRecord], encoded: &[u8], history: &[Committed]) -> bool {
+    let Ok(e) = Evidence::decode(encoded) else { return false };
+    let Some(fp) =
+        history.iter().find(|c| c.epoch == e.epoch).and_then(|c| c.key_of(e.offender)).and_then(key_fingerprint)
+    else {
+        return false;
+    };
+    let kind = kind_name(e.kind);
+    records.iter().any(|r| {
+        r.verified && r.offender == e.offender as i32 && r.kind == kind && r.key_fingerprint.as_deref() == Some(&fp)
+    })
+}
+
+/// Whether record `r` already makes the claim of finding `f` (see the module doc).
+fn same_claim(r: &EvidenceRecord, f: &Finding) -> bool {
+    if r.digest.as_deref() == Some(f.digest.as_str()) {
+        return true;
+    }
+    r.kind == f.kind
+        && r.offender == f.offender as i32
+        && match &f.verdict {
+            Ok(fp) => r.verified && r.key_fingerprint.as_deref() == Some(fp.as_str()),
+            Err(_) => !r.verified && r.reporter == Some(f.reporter as i32) && r.epoch == Some(f.epoch as i64),
+        }
+}
+
+/// Merges new findings into the status records (one per claim, the most
+/// recent [`MAX_RECORDS`] kept, verified ones preferred when trimming) and
+/// returns the findings that were new.
 pub fn merge(
     records: &mut Vec<EvidenceRecord>,
     findings: &[Finding],
@@ -88,10 +126,7 @@ pub fn merge(
 ) -> Vec<Finding> {
     let mut new = vec![];
     for f in findings {
-        let seen = |d: &str| {
-            records.iter().any(|r| r.digest.as_deref() == Some(d)) || new.iter().any(|n: &Finding| n.digest == d)
-        };
-        if seen(&f.digest) {
+        if records.iter().any(|r| same_claim(r, f)) {
             continue;
         }
         records.push(EvidenceRecord {
@@ -108,6 +143,7 @@ pub fn merge(
         });
         new.push(f.clone());
     }
+    // (New findings were pushed to `records`, so a second finding of the same claim matched above.)
     while records.len() > MAX_RECORDS {
         let drop = records.iter().position(|r| !r.verified).unwrap_or(0);
         records.remove(drop);
@@ -185,20 +221,62 @@ mod tests {
         assert!(garbage.verdict.is_err());
     }
 
+    fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+    }
+
+    /// Evidence of conflicting prepares by `signer` (as `accused`) in slot `seq`.
+    fn conflicting_at(signer: &Keypair, accused: u32, epoch: u64, seq: u64) -> Vec<u8> {
+        let p = |d: u8| {
+            signer.seal(&Message {
+                epoch,
+                sender: accused,
+                body: Some(Body::Prepare(Prepare { view: 0, seq, digest: Bytes::from(vec![d; 32]) })),
+            })
+        };
+        let slot = VoteSlot { kind: Kind::ConflictingPrepare as i32, view: 0, seq };
+        make_evidence(slot, accused, epoch, p(1), p(2)).encode_to_vec()
+    }
+
     #[test]
     fn records_are_deduplicated_and_bounded() {
         let k = keys();
-        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
         let real = examine(0, &conflicting(&k[2], 2, 5), &[committed(5)]);
         let mut records = vec![];
-        assert_eq!(merge(&mut records, &[real.clone(), real.clone()], |_| None, now.clone()).len(), 1);
-        assert_eq!(merge(&mut records, std::slice::from_ref(&real), |_| None, now.clone()).len(), 0);
+        assert_eq!(merge(&mut records, &[real.clone(), real.clone()], |_| None, now()).len(), 1);
+        assert_eq!(merge(&mut records, std::slice::from_ref(&real), |_| None, now()).len(), 0);
         for i in 0..40u8 {
-            let junk = examine(1, &[i, 0xff, 0xff], &[committed(5)]);
-            merge(&mut records, &[junk], |_| None, now.clone());
+            // Garbage from 40 different (made-up) reporters: 40 claims.
+            let junk = examine(100 + i as u32, &[i, 0xff, 0xff], &[committed(5)]);
+            merge(&mut records, &[junk], |_| None, now());
         }
         assert_eq!(records.len(), MAX_RECORDS);
         assert!(records.iter().any(|r| r.verified), "verified evidence is kept over unverified");
         assert_eq!(convicted(&records), vec![(2, real.verdict.expect("verified"))]);
+    }
+
+    #[test]
+    fn a_member_conflicting_in_every_slot_is_one_record_and_stays_one() {
+        let k = keys();
+        let history = [committed(5)];
+        let mut records = vec![];
+        // 300 slots, reported by 3 honest replicas: one claim.
+        let raw: Vec<(u32, Vec<u8>)> =
+            (0..300).flat_map(|seq| [0, 1, 3].map(|r| (r, conflicting_at(&k[2], 2, 5, seq)))).collect();
+        let first = examine(raw[0].0, &raw[0].1, &history);
+        assert_eq!(merge(&mut records, std::slice::from_ref(&first), |_| None, now()).len(), 1);
+        // The rest is recognised without verifying a signature, every reconcile.
+        assert!(raw.iter().all(|(_, b)| already_convicted(&records, b, &history)));
+        let findings: Vec<Finding> = raw.iter().map(|(r, b)| examine(*r, b, &history)).collect();
+        assert!(merge(&mut records, &findings, |_| None, now()).is_empty(), "nothing new, no Event");
+        assert_eq!(records.len(), 1);
+        // Forgeries by one reporter against one member, in many slots: one warning record.
+        let forged: Vec<Finding> = (0..50).map(|seq| examine(1, &conflicting_at(&k[1], 3, 5, seq), &history)).collect();
+        assert!(forged.iter().all(|f| f.verdict.is_err()));
+        assert!(!already_convicted(&records, &conflicting_at(&k[1], 3, 5, 0), &history), "member 3 is not convicted");
+        assert_eq!(merge(&mut records, &forged, |_| None, now()).len(), 1);
+        assert_eq!(merge(&mut records, &forged, |_| None, now()).len(), 0);
+        assert_eq!(records.len(), 2);
+        assert_eq!(convicted(&records).len(), 1, "the forgery convicts nobody");
     }
 }

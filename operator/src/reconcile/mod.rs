@@ -226,10 +226,15 @@ async fn reconcile_inner(cc: &ConsensusCluster, ctx: &Context) -> Result<Action,
     // Observe.
     let mut observed = observe(&apis, &name, committed, history, pending, cc).await?;
     let mut records = previous_status.evidence.clone();
-    let raw = observe_replicas(&mut observed).await;
+    // Evidence against a key already convicted of the same is not verified again.
+    let raw: Vec<(u32, Vec<u8>)> = observe_replicas(&mut observed)
+        .await
+        .into_iter()
+        .filter(|(_, bytes)| !evidence::already_convicted(&records, bytes, &observed.history))
+        .collect();
     let findings: Vec<evidence::Finding> =
         raw.iter().map(|(reporter, bytes)| evidence::examine(*reporter, bytes, &observed.history)).collect();
-    let new = evidence::merge(&mut records, &findings, |id| Some(pod_name(&cluster, id)), now());
+    let new = evidence::merge(&mut records, &findings, |id| (id != u32::MAX).then(|| pod_name(&cluster, id)), now());
     for f in &new {
         let encoded = findings.iter().position(|x| x.digest == f.digest).map(|i| raw[i].1.as_slice());
         record_finding(ctx, cc, f, encoded).await;
@@ -383,6 +388,39 @@ async fn record_finding(ctx: &Context, cc: &ConsensusCluster, f: &evidence::Find
     }
 }
 
+/// The faults the cluster's fault-injection annotation asks for, when the
+/// operator allows fault injection and the request is valid; each case
+/// that is not honoured is a Warning Event (read once, at bootstrap).
+async fn requested_faults(ctx: &Context, cc: &ConsensusCluster, cluster: &ValidatedCluster) -> BTreeMap<u32, String> {
+    let Some(request) = cc.annotations().get(crate::fault_injection::REQUEST_ANNOTATION) else {
+        return BTreeMap::new();
+    };
+    let (reason, note, faults) =
+        match (&cluster.fault_injection_image, crate::fault_injection::parse_request(request, cluster.replicas)) {
+            (None, _) => (
+                "FaultInjectionRefused",
+                format!(
+                    "annotation {} ignored: the operator runs without --allow-fault-injection; every member is honest",
+                    crate::fault_injection::REQUEST_ANNOTATION
+                ),
+                BTreeMap::new(),
+            ),
+            (Some(_), Err(e)) => ("FaultInjectionInvalid", format!("{e}; every member is honest"), BTreeMap::new()),
+            (Some(image), Ok(faults)) => (
+                "FaultInjection",
+                format!(
+                    "TEST ONLY: members {} run {image} with PBFT_FAULTS {} (their first keys only)",
+                    faults.keys().map(u32::to_string).collect::<Vec<_>>().join(", "),
+                    serde_json::to_string(&faults).unwrap_or_default()
+                ),
+                faults,
+            ),
+        };
+    tracing::warn!(cluster = %cluster.name, namespace = %cluster.namespace, reason, "{note}");
+    publish(ctx, cc, EventType::Warning, reason, "Bootstrap", note).await;
+    faults
+}
+
 /// The builder's membership input for `committed` (and the key Secret of each member).
 fn membership_input(committed: Option<&Committed>, secrets: &BTreeMap<String, String>) -> MembershipInput {
     match committed {
@@ -447,11 +485,17 @@ async fn admin_key(apis: &Apis, cluster: &ValidatedCluster) -> Result<Keypair, R
     }
 }
 
-/// A new member key, stored in its Secret; returns its public key (hex).
-async fn create_member_key(apis: &Apis, cluster: &ValidatedCluster, id: u32) -> Result<String, ReconcileError> {
+/// A new member key, stored in its Secret (with the fault-injection faults
+/// bound to it, if any); returns its public key (hex).
+async fn create_member_key(
+    apis: &Apis,
+    cluster: &ValidatedCluster,
+    id: u32,
+    faults: Option<&str>,
+) -> Result<String, ReconcileError> {
     let key = new_key();
     let public = hex::encode(key.public_bytes());
-    let secret = build_member_key_secret(cluster, id, &hex::encode(key.secret_bytes()), &public)?;
+    let secret = build_member_key_secret(cluster, id, &hex::encode(key.secret_bytes()), &public, faults)?;
     apis.secrets
         .create(&PostParams::default(), &secret)
         .await
@@ -506,12 +550,13 @@ async fn act(
     match step {
         Step::Bootstrap { ids } => {
             let admin = admin_key(apis, cluster).await?;
+            let faults = requested_faults(ctx, cc, cluster).await;
             let mut members = vec![];
             for id in ids {
                 // Reuse a key left by an interrupted bootstrap (never used: no pod exists before the membership).
                 let public = match o.keys.iter().find(|k| k.id == id && !k.used) {
                     Some(k) => k.public_key.clone(),
-                    None => create_member_key(apis, cluster, id).await?,
+                    None => create_member_key(apis, cluster, id, faults.get(&id).map(String::as_str)).await?,
                 };
                 members.push(Member { id, public_key: public });
             }
@@ -548,8 +593,11 @@ async fn act(
         }
         Step::Begin { kind, reason } => {
             let Some(committed) = &o.committed else { return Ok(()) };
-            let new_key =
-                if kind.needs_key() { Some(create_member_key(apis, cluster, kind.subject()).await?) } else { None };
+            let new_key = if kind.needs_key() {
+                Some(create_member_key(apis, cluster, kind.subject(), None).await?)
+            } else {
+                None
+            };
             let change = PendingChange {
                 from_epoch: committed.epoch,
                 members: plan::next_members(committed, kind, new_key.as_deref()),
@@ -592,7 +640,8 @@ async fn act(
                 .patch(&key_secret, &PatchParams::default(), &Patch::Merge(&mark))
                 .await
                 .map_err(kube_err(format!("marking key Secret {key_secret} used")))?;
-            let pod = build::pod::build_pod(cluster, id, &key_secret)?;
+            let faults = o.keys.iter().find(|k| k.name == key_secret).and_then(|k| k.faults.as_deref());
+            let pod = build::pod::build_pod(cluster, id, &key_secret, faults)?;
             match apis.pods.create(&PostParams::default(), &pod).await {
                 Ok(_) => {}
                 Err(e) if is_conflict(&e) => {}

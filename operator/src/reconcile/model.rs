@@ -112,6 +112,8 @@ pub struct KeySecret {
     pub public_key: String,
     /// A pod was created with this key.
     pub used: bool,
+    /// Fault-injection `PBFT_FAULTS` bound to this key (test clusters only).
+    pub faults: Option<String>,
 }
 
 /// A replica pod.
@@ -231,7 +233,13 @@ pub fn read_key_secret(s: &Secret) -> Option<KeySecret> {
     let ann = s.metadata.annotations.as_ref()?;
     let public_key = lower(ann.get(PUBLIC_KEY_ANNOTATION)?);
     key_fingerprint(&public_key)?;
-    Some(KeySecret { name: s.metadata.name.clone()?, id, public_key, used: ann.contains_key(KEY_USED_ANNOTATION) })
+    Some(KeySecret {
+        name: s.metadata.name.clone()?,
+        id,
+        public_key,
+        used: ann.contains_key(KEY_USED_ANNOTATION),
+        faults: ann.get(crate::fault_injection::KEY_FAULTS_ANNOTATION).cloned(),
+    })
 }
 
 /// A replica pod, or `None` for a pod without a member id.

@@ -171,7 +171,8 @@ pub fn plan(cluster: &ValidatedCluster, o: &Observed) -> Result<Plan, BuildError
             }
             (Some(pod), _) => {
                 let key_secret = pod.key_secret.clone().unwrap_or_default();
-                let want = pod::build_pod(cluster, m.id, &key_secret)?;
+                let faults = o.keys.iter().find(|k| k.name == key_secret).and_then(|k| k.faults.as_deref());
+                let want = pod::build_pod(cluster, m.id, &key_secret, faults)?;
                 let want_hash =
                     want.metadata.annotations.and_then(|a| a.get(crate::build::SPEC_HASH_ANNOTATION).cloned());
                 if !pod.terminating && pod.spec_hash != want_hash {
@@ -337,8 +338,8 @@ mod tests {
         let mut o =
             Observed { committed: Some(committed.clone()), history: vec![committed.clone()], ..Default::default() };
         for id in 0..n {
-            o.keys.push(KeySecret { name: secret_name(id, 0), id, public_key: key(id, 0), used: true });
-            let pod = pod::build_pod(c, id, &secret_name(id, 0)).expect("pod");
+            o.keys.push(KeySecret { name: secret_name(id, 0), id, public_key: key(id, 0), used: true, faults: None });
+            let pod = pod::build_pod(c, id, &secret_name(id, 0), None).expect("pod");
             o.pods.insert(
                 id,
                 PodView {
@@ -509,7 +510,7 @@ mod tests {
             subject: 4,
         };
         o.pending = Some(change.clone());
-        o.keys.push(KeySecret { name: secret_name(4, 0), id: 4, public_key: key(4, 0), used: false });
+        o.keys.push(KeySecret { name: secret_name(4, 0), id: 4, public_key: key(4, 0), used: false, faults: None });
         let p = plan(&c, &o).expect("plan");
         assert_eq!(p.steps, vec![Step::Submit(change.clone())], "the new key is kept, nothing else starts");
         // Once the cluster moved past it, the record is dropped.
@@ -565,13 +566,28 @@ mod tests {
     }
 
     #[test]
+    fn a_faulty_member_keeps_its_pod_until_convicted_then_gets_an_honest_one() {
+        let c = cluster("faultTolerance: 1");
+        let mut o = healthy_cluster(&c, 4, 2);
+        // Member 1's key carries faults and its pod was built with them: it is current, not outdated.
+        o.keys[1].faults = Some("conflicting-votes".into());
+        let faulty = pod::build_pod(&c, 1, &secret_name(1, 0), Some("conflicting-votes")).expect("pod");
+        o.pods.get_mut(&1).expect("pod").spec_hash =
+            faulty.metadata.annotations.and_then(|a| a.get(crate::build::SPEC_HASH_ANNOTATION).cloned());
+        assert!(plan(&c, &o).expect("plan").steps.is_empty(), "no rolling update of a faulty member's pod");
+        // Convicted, it is replaced with a new key (the new key Secret carries no faults).
+        convict(&mut o, 1);
+        assert_eq!(begins(&plan(&c, &o).expect("plan")), vec![(ChangeKind::Replace(1), ChangeReason::Quarantine)]);
+    }
+
+    #[test]
     fn retired_pods_and_keys_are_cleaned_up() {
         let c = cluster("faultTolerance: 1");
         let mut o = healthy_cluster(&c, 4, 3);
         // Member 2 got a new key in epoch 3; its old pod still runs the old key.
         let committed = o.committed.as_mut().expect("c");
         committed.members[2].public_key = key(2, 1);
-        o.keys.push(KeySecret { name: secret_name(2, 1), id: 2, public_key: key(2, 1), used: false });
+        o.keys.push(KeySecret { name: secret_name(2, 1), id: 2, public_key: key(2, 1), used: false, faults: None });
         o.pods.insert(9, PodView { id: 9, name: "ledger-9".into(), ..Default::default() });
         o.pvcs = vec![9];
         let p = plan(&c, &o).expect("plan");

@@ -1,8 +1,6 @@
 //! `pbftctl`: talk to a PBFT cluster (put/get/delete/cas, status, evidence, bench).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -21,6 +19,13 @@ struct Cli {
     /// Address overrides, id=host:port (comma-separated).
     #[arg(long, value_delimiter = ',')]
     endpoint: Vec<String>,
+    /// Send every request through this host:port instead (a client Service that
+    /// balances connections over the replicas), over --connections connections.
+    #[arg(long, conflicts_with = "endpoint")]
+    service: Option<String>,
+    /// Connections to --service (default: 3 per member, so f+1 replicas answer).
+    #[arg(long)]
+    connections: Option<usize>,
     /// Give up on one operation after this many seconds.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
@@ -36,6 +41,9 @@ enum Cmd {
     },
     Get {
         key: String,
+        /// Fail (exit 1) unless the value is exactly this (for scripts and `helm test`).
+        #[arg(long)]
+        expect: Option<String>,
     },
     Delete {
         key: String,
@@ -71,15 +79,29 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
     },
-    /// Closed-loop load: N clients each with one outstanding put.
+    /// Load: closed loop (N clients, one outstanding operation each) or open loop
+    /// (--rate: evenly spaced operations, latency from each one's intended start).
     Bench {
+        /// Concurrent clients (closed loop), or most operations in flight (open loop).
         #[arg(long, default_value_t = 16)]
         clients: usize,
-        #[arg(long, default_value_t = 64)]
+        /// Open loop at this many operations per second (absent: closed loop).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, value_enum, default_value = "put")]
+        op: pbft::bench::Op,
+        #[arg(long, default_value_t = 100)]
         value_size: usize,
-        /// Duration, e.g. 10s or 500ms.
+        /// Size of the key space (keys drawn uniformly).
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// Warm-up before measuring, e.g. 2s.
+        #[arg(long, default_value = "2s")]
+        warmup: String,
+        /// Measured duration, e.g. 10s or 500ms.
         #[arg(long, default_value = "10s")]
         duration: String,
+        /// JSON: throughput, latency percentiles (ms), errors by kind.
         #[arg(long)]
         json: bool,
     },
@@ -123,20 +145,21 @@ fn show(r: &OpResult) -> Result<String, CtlError> {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 async fn run(cli: Cli) -> Result<(), CtlError> {
     let mut overrides = vec![];
     for e in &cli.endpoint {
         let (id, addr) = e.split_once('=').ok_or_else(|| CtlError::Endpoint(e.clone()))?;
         overrides.push((id.parse().map_err(|_| CtlError::Endpoint(e.clone()))?, addr.to_string()));
     }
-    let endpoints = Endpoints::from_file(&cli.membership, &overrides)?;
+    let endpoints = match &cli.service {
+        None => Endpoints::from_file(&cli.membership, &overrides)?,
+        Some(addr) => {
+            let file = pbft::server::membership_file::MembershipFile::read(&cli.membership)?;
+            let membership = file.to_membership(&cli.membership)?;
+            let n = cli.connections.unwrap_or(3 * file.members.len());
+            Endpoints::through(membership, addr, n)?
+        }
+    };
     let timeout = Duration::from_secs_f64(cli.timeout.max(0.1));
     let client = || {
         let mut c = KvClient::new(endpoints.clone());
@@ -145,7 +168,15 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
     };
     match cli.cmd {
         Cmd::Put { key, value } => println!("{}", show(&client().put(key.as_bytes(), value.as_bytes()).await?)?),
-        Cmd::Get { key } => println!("{}", show(&client().get(key.as_bytes()).await?)?),
+        Cmd::Get { key, expect } => {
+            let value = show(&client().get(key.as_bytes()).await?)?;
+            println!("{value}");
+            if let Some(want) = expect {
+                if value != want {
+                    return Err(CtlError::Op(format!("{key}: expected {want:?}, read {value:?}")));
+                }
+            }
+        }
         Cmd::Delete { key } => println!("{}", show(&client().delete(key.as_bytes()).await?)?),
         Cmd::Cas { key, expected, new } => {
             let r = client()
@@ -288,65 +319,22 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 }
             }
         }
-        Cmd::Bench { clients, value_size, duration, json } => {
-            let duration = parse_duration(&duration)?;
-            let done = Arc::new(AtomicU64::new(0));
-            let errors = Arc::new(AtomicU64::new(0));
-            let start = Instant::now();
-            let mut tasks = vec![];
-            for c in 0..clients.max(1) {
-                let mut cl = client();
-                let (done, errors) = (done.clone(), errors.clone());
-                tasks.push(tokio::spawn(async move {
-                    let value = vec![b'x'; value_size];
-                    let mut lat = vec![];
-                    let mut i = 0u64;
-                    while start.elapsed() < duration {
-                        let t = Instant::now();
-                        match cl.put(format!("bench-{c}-{}", i % 1024).as_bytes(), &value).await {
-                            Ok(_) => {
-                                lat.push(t.elapsed().as_secs_f64());
-                                done.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(_) => {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        i += 1;
-                    }
-                    lat
-                }));
-            }
-            let progress = {
-                let done = done.clone();
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        eprintln!("  {:>5.1}s  {} ops", start.elapsed().as_secs_f64(), done.load(Ordering::Relaxed));
-                    }
-                })
+        Cmd::Bench { clients, rate, op, value_size, keys, warmup, duration, json } => {
+            let spec = pbft::bench::LoadSpec {
+                clients,
+                rate,
+                op,
+                value_size,
+                keys,
+                warmup: parse_duration(&warmup)?,
+                duration: parse_duration(&duration)?,
+                op_timeout: timeout,
             };
-            let mut lat = vec![];
-            for t in tasks {
-                if let Ok(l) = t.await {
-                    lat.extend(l);
-                }
-            }
-            progress.abort();
-            let elapsed = start.elapsed().as_secs_f64();
-            lat.sort_by(|a, b| a.total_cmp(b));
-            let ms = |p: f64| percentile(&lat, p) * 1000.0;
-            let ops = lat.len() as f64 / elapsed;
+            let r = pbft::bench::run_load(&endpoints, &spec).await;
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"clients": clients, "value_size": value_size, "seconds": elapsed,
-                    "ops": lat.len(), "errors": errors.load(Ordering::Relaxed), "ops_per_sec": ops,
-                    "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": ms(1.0)}})
-                );
+                println!("{}", serde_json::to_string(&r).map_err(|e| CtlError::Op(e.to_string()))?);
             } else {
-                println!("{} ops in {elapsed:.1} s: {ops:.0} ops/s, {} errors; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-                    lat.len(), errors.load(Ordering::Relaxed), ms(0.5), ms(0.9), ms(0.99), ms(1.0));
+                println!("{}", r.summary());
             }
         }
     }

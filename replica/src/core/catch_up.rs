@@ -186,10 +186,8 @@ impl Replica {
         let stuck = self.state.seq == self.executed_at_last_tick;
         self.executed_at_last_tick = self.state.seq;
         if let Some(t) = &mut self.transition {
-            if t.ticks_left == 0 {
-                self.transition = None;
-            } else {
-                t.ticks_left -= 1;
+            if t.resend_ticks > 0 {
+                t.resend_ticks -= 1;
                 if let Some(v) = t.own_vote.clone() {
                     self.broadcast(&v);
                 }
@@ -206,6 +204,8 @@ impl Replica {
         if let Some(v) = own_latest {
             self.broadcast(&v);
         }
+        self.age_suspicions();
+        self.resend_suspicion();
         if !self.active {
             if let Some(vc) = self.view_changes.get(&self.cfg.id).map(|v| v.env.clone()) {
                 self.broadcast(&vc);

@@ -224,7 +224,7 @@ impl Replica {
             .map(|v| v.env.clone())
             .or_else(|| self.stable.proof.iter().find(|e| open_sender(e) == Some(self.cfg.id)).cloned());
         self.transition =
-            Some(Transition { membership: old, checkpoint: self.stable.clone(), own_vote, ticks_left: 64 });
+            Some(Transition { membership: old, checkpoint: self.stable.clone(), own_vote, resend_ticks: 64 });
         // Everything above the boundary was signed in the old epoch: drop it.
         for (_, slot) in std::mem::take(&mut self.slots) {
             self.refund_slot(slot);
@@ -250,6 +250,10 @@ impl Replica {
         }
         self.checkpoint_claims.clear();
         self.evidence_seen.clear();
+        // Suspicions were about the old epoch's views.
+        self.suspicions.clear();
+        self.own_suspicion = None;
+        self.forwarded = None;
         self.membership_boundary = None;
         self.next_seq = self.stable.seq + 1;
         self.ledger.set_members(self.membership.n());

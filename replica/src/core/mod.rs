@@ -8,7 +8,11 @@
 //! [`Action::Persist`] must be durable before any later action of the same
 //! step is carried out (the replica never sends what it has not logged, so a
 //! restart can never make it sign a conflicting message). Drivers may group
-//! all persists of one step into one fsync (group commit).
+//! all persists of one step into one fsync (group commit). The exception are
+//! records for which [`PersistRecord::must_precede_sends`] is false
+//! (committed batches, stable checkpoints): they must be written in order
+//! with the others, but later actions need not wait for them, so a crash may
+//! lose a suffix of them after the last record of another kind.
 //!
 //! Where each protocol step lives:
 //! - client requests, batching, pre-prepare: `requests.rs` (`on_client_request`, `propose`);
@@ -29,6 +33,7 @@ pub mod evidence;
 pub mod ledger;
 mod ordering;
 mod requests;
+mod suspicion;
 pub mod view_change;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -42,9 +47,9 @@ use crate::crypto::{
 };
 use crate::membership::{Membership, ReplicaId};
 use crate::proto::{
-    message::Body, operation::Kind as OpKind, Batch, Checkpoint, Commit, Envelope, Evidence, MembershipConfig, Message,
-    NewView, OpResult, PrePrepare, Prepare, PreparedCertificate, Reply, RequestBody, SignedRequest, StateRequest,
-    StateResponse, ViewChange,
+    message::Body, operation::Kind as OpKind, Batch, Checkpoint, Commit, Envelope, Evidence, Forward, MembershipConfig,
+    Message, NewView, OpResult, PrePrepare, Prepare, PreparedCertificate, Reply, RequestBody, SignedRequest,
+    StateRequest, StateResponse, Suspect, ViewChange,
 };
 use crate::state::{rejected, snapshot_digest, ClientRecord, ReplicatedState};
 use evidence::{make_evidence, vote_of, VoteSlot};
@@ -226,6 +231,10 @@ pub enum Event {
     Peers(Vec<Bytes>),
     /// One encoded [`SignedRequest`] from a client.
     Client(Bytes),
+    /// Several client requests, taken in order before the primary batches
+    /// (the same as one `Client` event each, except that the primary proposes
+    /// once, after all of them, instead of after each).
+    Clients(Vec<Bytes>),
     /// A timer set earlier fired.
     Timer { kind: TimerKind, generation: u64 },
 }
@@ -262,6 +271,19 @@ pub enum PersistRecord {
     /// A stable checkpoint: the state snapshot and its proof. Records before
     /// it may be discarded.
     Checkpoint { seq: u64, snapshot: Bytes, proof: Vec<Envelope> },
+}
+
+impl PersistRecord {
+    /// Whether actions after this record must wait until it is durable.
+    /// Committed batches and stable checkpoints need not: they can be
+    /// rebuilt from the records of the other kinds (prepared certificates,
+    /// what this replica signed, checkpoint proofs of others) and from other
+    /// replicas, so a driver may let them reach the disk later, in order,
+    /// and a crash may lose a suffix of them that follows the last record of
+    /// another kind.
+    pub fn must_precede_sends(&self) -> bool {
+        !matches!(self, PersistRecord::Committed { .. } | PersistRecord::Checkpoint { .. })
+    }
 }
 
 /// One executed client request.
@@ -309,7 +331,10 @@ pub enum Action {
     StableCheckpoint { seq: u64, digest: Digest },
     /// The replica entered a new view.
     NewView { view: u64, primary: ReplicaId },
-    /// The replica suspects the primary and asks for view `view`.
+    /// The replica's primary did not order a request in time: it asks the
+    /// others for view `view` and keeps working in its view meanwhile.
+    PrimarySuspected { view: u64 },
+    /// A quorum suspects the primary: the replica left its view for `view`.
     ViewChangeStarted { view: u64 },
     /// A new membership epoch is in force.
     MembershipChanged { epoch: u64 },
@@ -333,6 +358,10 @@ pub struct Counters {
     pub dropped_over_budget: u64,
     pub requests_rejected: u64,
     pub view_changes: u64,
+    /// Times this replica suspected its primary (most never became a view change).
+    pub suspicions: u64,
+    /// Client requests relayed to the primary after a timeout.
+    pub forwarded_requests: u64,
     pub state_transfers: u64,
     pub evidence: u64,
 }
@@ -416,15 +445,30 @@ struct StableCheckpoint {
     proof: Vec<Envelope>,
 }
 
-/// What a replica keeps from the epoch it left, to bring laggards across.
+/// What a replica keeps from the epoch it left, to bring laggards across:
+/// kept until the next epoch, so a member that was away during the switch
+/// (down, cut off) still finds its way into the new one.
 #[derive(Clone, Debug)]
 struct Transition {
     membership: Membership,
     checkpoint: StableCheckpoint,
-    /// This replica's own old-epoch checkpoint vote at the boundary, re-sent while laggards may exist.
+    /// This replica's own old-epoch checkpoint vote at the boundary, re-sent
+    /// for the first `resend_ticks` retransmission periods.
     own_vote: Option<Envelope>,
-    ticks_left: u32,
+    resend_ticks: u32,
 }
+
+/// A peer's suspicion of the primary as held here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HeldSuspicion {
+    view: u64,
+    /// Retransmission periods since it arrived (a suspecting replica resends
+    /// every period; one that stopped is forgotten after [`SUSPICION_TTL_TICKS`]).
+    age: u32,
+}
+
+/// Retransmission periods a peer's suspicion counts without being resent.
+const SUSPICION_TTL_TICKS: u32 = 4;
 
 /// What the view-change timer is waiting for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -473,6 +517,15 @@ pub struct Replica {
     // ----- view change
     view_changes: BTreeMap<ReplicaId, StoredViewChange>,
     new_view: Option<(u64, Envelope, Charge)>,
+    /// The highest view each member (this one included) asked for with a
+    /// SUSPECT above the current view, and how many retransmission periods
+    /// ago it came: at most one entry per member.
+    suspicions: BTreeMap<ReplicaId, HeldSuspicion>,
+    /// Our own latest SUSPECT, resent until the view changes.
+    own_suspicion: Option<(u64, Envelope)>,
+    /// The pending request last relayed to the primary (its next timeout
+    /// raises a suspicion instead).
+    forwarded: Option<Digest>,
     failed_views: u32,
     vc_timer_generation: u64,
     vc_timer_armed: bool,
@@ -562,6 +615,9 @@ impl Replica {
             transition: None,
             view_changes: BTreeMap::new(),
             new_view: None,
+            suspicions: BTreeMap::new(),
+            own_suspicion: None,
+            forwarded: None,
             failed_views: 0,
             vc_timer_generation: 0,
             vc_timer_armed: false,
@@ -943,7 +999,12 @@ impl Replica {
     /// Feeds one event and returns the actions to carry out, in order.
     pub fn step(&mut self, event: Event) -> Vec<Action> {
         if self.retired {
-            if let Event::Client(bytes) = event {
+            let requests = match event {
+                Event::Client(bytes) => vec![bytes],
+                Event::Clients(all) => all,
+                _ => vec![],
+            };
+            for bytes in requests {
                 if let Ok(req) = SignedRequest::decode(bytes.as_ref()) {
                     if let Ok(body) = RequestBody::decode(req.body.as_ref()) {
                         self.out.push(Action::Reject {
@@ -960,6 +1021,11 @@ impl Replica {
             Event::Peer(b) => self.on_peer_messages(vec![b]),
             Event::Peers(bs) => self.on_peer_messages(bs),
             Event::Client(b) => self.on_client_request(b),
+            Event::Clients(bs) => {
+                for b in bs {
+                    self.on_client_request(b);
+                }
+            }
             Event::Timer { kind: TimerKind::ViewChange, generation } => {
                 if generation == self.vc_timer_generation && self.vc_timer_armed {
                     self.vc_timer_armed = false;
@@ -1083,7 +1149,7 @@ impl Replica {
         }
     }
 
-    fn watch_satisfied(&self) -> bool {
+    pub(super) fn watch_satisfied(&self) -> bool {
         match self.vc_watch {
             None => true,
             Some(Watch::Request(d)) => !self.pending.contains_key(&d),
@@ -1094,34 +1160,44 @@ impl Replica {
 
     fn on_view_change_timer(&mut self) {
         if self.active && self.watch_satisfied() {
+            // What we waited for arrived: we no longer suspect anyone.
+            self.withdraw_suspicion();
             self.arm_request_timer();
             return;
         }
-        // A replica gives up on its view only once a quorum reached it (its
-        // primary had its chance); otherwise it waits there, so the others
-        // catch up instead of chasing it. Byzantine replicas alone (f of
-        // them) cannot make it move on. A higher view that f+1 replicas
-        // asked for (one of them honest) is joined directly.
-        if !self.active {
-            let here = self.view_changes.values().filter(|v| v.view >= self.view).count();
-            if here < self.membership.quorum() {
-                if let Some(vc) = self.view_changes.get(&self.cfg.id).map(|v| v.env.clone()) {
-                    self.broadcast(&vc);
+        if self.active {
+            let is_primary = self.membership.primary(self.view) == self.cfg.id;
+            match self.vc_watch {
+                // First timeout of a request: the client may have reached
+                // only us, so relay what waits to the primary and give it
+                // another timeout.
+                Some(Watch::Request(d)) if !is_primary && self.forwarded != Some(d) => {
+                    self.forwarded = Some(d);
+                    self.forward_pending();
+                    self.arm_vc_timer();
                 }
-                self.arm_vc_timer();
-                return;
+                _ => {
+                    self.suspect(self.view.saturating_add(1));
+                    self.arm_vc_timer();
+                }
             }
+            return;
         }
-        self.failed_views = self.failed_views.saturating_add(1);
-        let mut above: Vec<u64> = self
-            .view_changes
-            .iter()
-            .filter(|(r, v)| **r != self.cfg.id && v.view > self.view)
-            .map(|(_, v)| v.view)
-            .collect();
-        above.sort_unstable();
-        let next = if above.len() >= self.membership.weak_quorum() { above[0] } else { self.view.saturating_add(1) };
-        self.start_view_change(next);
+        // In a view change: a replica gives up on the new view only once a
+        // quorum reached it (its primary had its chance); otherwise it waits
+        // there, so the others catch up instead of chasing it. Byzantine
+        // replicas alone (f of them) cannot make it move on. Even then it
+        // only suspects the new primary and keeps waiting for its NEW-VIEW
+        // (the others may have it): it moves on once a quorum suspects too.
+        let here = self.view_changes.values().filter(|v| v.view >= self.view).count();
+        if here >= self.membership.quorum() {
+            self.suspect(self.view.saturating_add(1));
+        } else if let Some(vc) = self.view_changes.get(&self.cfg.id).map(|v| v.env.clone()) {
+            self.broadcast(&vc);
+        }
+        if !self.active {
+            self.arm_vc_timer();
+        }
     }
 }
 

@@ -76,13 +76,18 @@ impl Replica {
             self.counters.dropped_malformed += 1;
             return None;
         }
-        // Epoch: the current one; a state request may come from the previous one.
+        // Epoch: the current one; a state request may come from the previous
+        // one, and the answer to ours from the next one (we are the laggard:
+        // its sender is checked with the key we know, its content by the
+        // checkpoint proof of our epoch it carries).
         let key = if msg.epoch == self.membership.epoch() {
             self.membership.key(msg.sender).copied()
         } else if matches!(msg.body, Some(Body::StateRequest(_)))
             && self.transition.as_ref().is_some_and(|t| t.membership.epoch() == msg.epoch)
         {
             self.transition.as_ref().and_then(|t| t.membership.key(msg.sender).copied())
+        } else if matches!(msg.body, Some(Body::StateResponse(_))) && msg.epoch == self.membership.epoch() + 1 {
+            self.membership.key(msg.sender).copied()
         } else {
             None
         };
@@ -151,6 +156,13 @@ impl Replica {
                             && (!self.active || self.new_view.as_ref().is_none_or(|(v, _, _)| *v != n.view))))
                     && self.membership.primary(n.view) == msg.sender
             }
+            Body::Suspect(s) => {
+                s.view > self.view
+                    && s.view <= self.view.saturating_add(MAX_VIEW_AHEAD)
+                    // A resend refreshes a held suspicion at most once per period.
+                    && self.suspicions.get(&msg.sender).is_none_or(|h| h.view < s.view || (h.view == s.view && h.age > 0))
+            }
+            Body::Forward(_) => self.active && self.membership.primary(self.view) == self.cfg.id,
             Body::StateRequest(_) | Body::StateResponse(_) => true,
             Body::Reply(_) => false,
         };
@@ -214,6 +226,8 @@ impl Replica {
             Some(Body::NewView(n)) => self.on_new_view(env, sender, n),
             Some(Body::StateRequest(s)) => self.on_state_request(sender, msg.epoch, s),
             Some(Body::StateResponse(s)) => self.on_state_response(sender, s),
+            Some(Body::Suspect(s)) => self.on_suspect(sender, s),
+            Some(Body::Forward(f)) => self.on_forward(f),
             Some(Body::Reply(_)) | None => {}
         }
     }

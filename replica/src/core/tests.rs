@@ -122,6 +122,14 @@ impl Net {
     }
 }
 
+impl Replica {
+    /// Makes this replica suspect its primary now, as a timeout would.
+    fn step_suspect(&mut self, view: u64) -> Vec<Action> {
+        self.suspect(view);
+        std::mem::take(&mut self.out)
+    }
+}
+
 fn put(k: &str, v: &str) -> Operation {
     Operation { kind: Some(OpKind::Put(Put { key: Bytes::from(k.to_string()), value: Bytes::from(v.to_string()) })) }
 }
@@ -291,6 +299,12 @@ fn a_silent_primary_is_replaced_by_a_view_change() {
     let req = c.submit(put("k", "v"));
     net.client_request(&req);
     assert!(net.replicas[1..].iter().all(|r| r.last_executed() == 0));
+    // The first timeout relays the request to the primary; the second suspects it.
+    for i in 1..N {
+        net.fire(i, TimerKind::ViewChange);
+    }
+    assert!(net.replicas[1..].iter().all(|r| r.view() == 0 && r.is_active()));
+    assert!(net.replicas[1..].iter().all(|r| r.counters().forwarded_requests == 1));
     for i in 1..N {
         net.fire(i, TimerKind::ViewChange);
     }
@@ -301,6 +315,77 @@ fn a_silent_primary_is_replaced_by_a_view_change() {
     net.client_request(&req);
     assert!(net.replicas[1..].iter().all(|r| r.last_executed() == 1));
     assert!(complete(&mut c, &net).is_some());
+}
+
+#[test]
+fn a_request_that_reached_one_backup_only_is_relayed_to_the_primary() {
+    let mut net = Net::new();
+    let mut c = client();
+    let req = c.submit(put("k", "v"));
+    net.step(2, Event::Client(req));
+    net.run();
+    assert!(net.replicas.iter().all(|r| r.last_executed() == 0), "the primary never saw it");
+    net.fire(2, TimerKind::ViewChange);
+    assert!(net.replicas.iter().all(|r| r.last_executed() == 1 && r.view() == 0), "ordered without a view change");
+    assert!(complete(&mut c, &net).is_some());
+}
+
+#[test]
+fn a_lone_suspicion_leaves_the_replica_working_in_its_view() {
+    let mut net = Net::new();
+    let actions = net.replicas[3].step_suspect(1);
+    net.absorb(3, actions);
+    net.run();
+    assert_eq!(net.replicas[3].counters().suspicions, 1);
+    for r in &net.replicas {
+        assert_eq!((r.view(), r.is_active()), (0, true), "{r:?}");
+    }
+    // It still votes: with the primary's own vote and the suspecting
+    // replica's, a request commits even with one other replica down.
+    net.down.insert(2);
+    let mut c = client();
+    let req = c.submit(put("k", "v"));
+    net.client_request(&req);
+    for i in [0, 1, 3] {
+        assert_eq!(net.replicas[i].last_executed(), 1, "{:?}", net.replicas[i]);
+    }
+}
+
+#[test]
+fn f_plus_one_suspicions_bring_every_honest_replica_into_the_view_change() {
+    let mut net = Net::new();
+    for i in [1, 2] {
+        let actions = net.replicas[i].step_suspect(1);
+        net.absorb(i as u32, actions);
+    }
+    net.run();
+    for r in &net.replicas {
+        assert_eq!((r.view(), r.is_active()), (1, true), "{r:?}");
+        assert_eq!(r.counters().suspicions, 1);
+    }
+}
+
+#[test]
+fn suspicions_that_are_not_resent_expire_and_do_not_add_up() {
+    let mut net = Net::new();
+    let actions = net.replicas[1].step_suspect(1);
+    net.absorb(1, actions);
+    net.run();
+    // r1 stops resending (it is down); the others forget its suspicion.
+    net.down.insert(1);
+    for _ in 0..=SUSPICION_TTL_TICKS {
+        for i in [0, 2, 3] {
+            net.fire(i, TimerKind::Retransmit);
+        }
+    }
+    let actions = net.replicas[2].step_suspect(1);
+    net.absorb(2, actions);
+    net.run();
+    for i in [0, 2, 3] {
+        let r = &net.replicas[i];
+        assert_eq!((r.view(), r.is_active()), (0, true), "{r:?}");
+    }
+    assert_eq!(net.replicas[0].counters().suspicions, 0, "one live suspicion is not f+1");
 }
 
 #[test]

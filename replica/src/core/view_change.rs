@@ -110,6 +110,7 @@ impl Replica {
         self.counters.view_changes += 1;
         self.view = new_view;
         self.active = false;
+        self.settle_suspicions(new_view, false);
         self.out.push(Action::ViewChangeStarted { view: new_view });
         for (_, slot) in std::mem::take(&mut self.slots) {
             self.refund_slot(slot);
@@ -317,7 +318,11 @@ impl Replica {
             self.start_view_change(target);
             return;
         }
-        self.try_new_view();
+        // A view change asks for its view like a SUSPECT does.
+        self.count_suspicions();
+        if !self.active {
+            self.try_new_view();
+        }
     }
 
     /// As the new view's primary, sends NEW-VIEW once a quorum asked for it.
@@ -441,6 +446,7 @@ impl Replica {
         self.out.push(Action::Persist(PersistRecord::NewView(env.clone())));
         self.view = view;
         self.active = true;
+        self.settle_suspicions(view, true);
         for (_, slot) in std::mem::take(&mut self.slots) {
             self.refund_slot(slot);
         }

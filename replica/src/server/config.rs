@@ -80,6 +80,9 @@ pub struct Overrides {
     /// Most requests per batch.
     #[arg(long, env = "PBFT_BATCH_SIZE")]
     pub batch_size: Option<u64>,
+    /// Most batches the primary has ordered but not executed (pipelining depth; default 2).
+    #[arg(long, env = "PBFT_MAX_INFLIGHT_BATCHES")]
+    pub max_inflight_batches: Option<u64>,
     /// Bytes of peer messages queued per peer before the oldest are dropped.
     #[arg(long, env = "PBFT_PEER_QUEUE_BYTES")]
     pub peer_queue_bytes: Option<u64>,
@@ -109,6 +112,7 @@ pub struct Settings {
     pub watermark_window: Option<u64>,
     pub view_change_timeout_ms: Option<u64>,
     pub batch_size: Option<u64>,
+    pub max_inflight_batches: Option<u64>,
     pub peer_queue_bytes: u64,
     pub max_client_calls: u64,
     pub json_logs: bool,
@@ -204,6 +208,9 @@ impl Overrides {
                 .map(|v| range("view_change_timeout_ms", v, 10, 600_000))
                 .transpose()?,
             batch_size: pick(&self.batch_size, &f.batch_size).map(|v| range("batch_size", v, 1, 65536)).transpose()?,
+            max_inflight_batches: pick(&self.max_inflight_batches, &f.max_inflight_batches)
+                .map(|v| range("max_inflight_batches", v, 1, 64))
+                .transpose()?,
             peer_queue_bytes: range(
                 "peer_queue_bytes",
                 pick(&self.peer_queue_bytes, &f.peer_queue_bytes).unwrap_or(16 << 20),

@@ -51,8 +51,11 @@ pub struct Metrics {
     pub peer_connected: Family<PeerLabel, Gauge>,
     pub peer_dropped_frames: Family<PeerLabel, Counter>,
     pub wal_fsyncs: Counter,
+    pub wal_sync_seconds: Histogram,
+    pub wal_group_records: Histogram,
     pub wal_bytes: Gauge,
     pub view_changes: Counter,
+    pub suspicions: Counter,
 }
 
 impl Metrics {
@@ -80,8 +83,11 @@ impl Metrics {
             peer_connected: Family::default(),
             peer_dropped_frames: Family::default(),
             wal_fsyncs: Counter::default(),
+            wal_sync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            wal_group_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             wal_bytes: Gauge::default(),
             view_changes: Counter::default(),
+            suspicions: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("view", "Current view", m.view.clone());
@@ -144,12 +150,28 @@ impl Metrics {
         );
         registry.register("wal_fsyncs", "Write-ahead log fsyncs", m.wal_fsyncs.clone());
         registry.register_with_unit(
+            "wal_sync",
+            "Time to write and fsync one group of write-ahead log records",
+            prometheus_client::registry::Unit::Seconds,
+            m.wal_sync_seconds.clone(),
+        );
+        registry.register("wal_group_records", "Records made durable by one fsync", m.wal_group_records.clone());
+        registry.register_with_unit(
             "wal",
             "Size of the write-ahead log",
             prometheus_client::registry::Unit::Bytes,
             m.wal_bytes.clone(),
         );
-        registry.register("view_changes", "View changes started", m.view_changes.clone());
+        registry.register(
+            "view_changes",
+            "View changes started (a quorum suspected the primary)",
+            m.view_changes.clone(),
+        );
+        registry.register(
+            "primary_suspicions",
+            "Times this replica suspected its primary (a view change needs a quorum of suspicions)",
+            m.suspicions.clone(),
+        );
         Metrics { registry, ..m }
     }
 

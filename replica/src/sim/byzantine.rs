@@ -16,8 +16,8 @@ use crate::core::Action;
 use crate::crypto::Keypair;
 use crate::membership::ReplicaId;
 use crate::proto::{
-    evidence::Kind as EvKind, message::Body, Batch, Checkpoint, Commit, Envelope, Evidence, Message, NewView,
-    PrePrepare, Prepare, StateRequest, ViewChange,
+    evidence::Kind as EvKind, message::Body, Batch, Checkpoint, Commit, Envelope, Evidence, Forward, Message, NewView,
+    PrePrepare, Prepare, StateRequest, Suspect, ViewChange,
 };
 
 /// What a Byzantine replica does.
@@ -177,7 +177,7 @@ impl Byzantine {
             }
             Strategy::FutureFlood => {
                 for _ in 0..5 {
-                    let body = match rng.gen_range(0..5) {
+                    let body = match rng.gen_range(0..7) {
                         0 => Body::PrePrepare(PrePrepare {
                             view,
                             seq: stable + rng.gen_range(1_000..u64::MAX / 4),
@@ -202,6 +202,19 @@ impl Byzantine {
                         3 => Body::Checkpoint(Checkpoint {
                             seq: stable + rng.gen_range(1..1_000_000) * 8,
                             state_digest: random_digest(rng),
+                        }),
+                        // Suspicions of the next view (to tip honest ones into a
+                        // view change) and of far views.
+                        4 => Body::Suspect(Suspect {
+                            view: view.saturating_add(if rng.gen_bool(0.5) {
+                                1
+                            } else {
+                                rng.gen_range(2..u64::MAX / 4)
+                            }),
+                        }),
+                        // Requests "relayed" to the primary that no client signed.
+                        5 => Body::Forward(Forward {
+                            requests: (0..rng.gen_range(1..8)).map(|_| random_digest(rng)).collect(),
                         }),
                         _ => Body::StateRequest(StateRequest { min_seq: 0 }),
                     };

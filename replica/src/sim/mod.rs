@@ -193,6 +193,9 @@ enum Slot {
 }
 
 const LIVENESS_MS: u64 = 120_000;
+/// After the last operation, how long the run goes on before every honest
+/// replica must be back in a working view (a few maximal view-change timeouts).
+const SETTLE_MS: u64 = 60_000;
 const KEYS: [&str; 4] = ["a", "b", "c", "d"];
 
 struct Sim {
@@ -489,6 +492,9 @@ impl Sim {
                 Action::NewView { view, primary } => {
                     self.log(|| format!("r{id} entered view {view} (primary r{primary})"))
                 }
+                Action::PrimarySuspected { view } => {
+                    self.log(|| format!("r{id} suspects its primary, asks for view {view}"))
+                }
                 Action::ViewChangeStarted { view } => self.log(|| format!("r{id} starts view change to {view}")),
                 Action::MembershipChanged { epoch } => {
                     let m = self.replica(id).map(|r| r.membership().clone());
@@ -592,7 +598,15 @@ impl Sim {
 
     fn crash(&mut self, id: ReplicaId) {
         if matches!(self.replicas.get(&id), Some(Slot::Honest(_))) {
-            self.log(|| format!("r{id} CRASH"));
+            // Records nothing waited for (`PersistRecord::must_precede_sends`) may not
+            // have reached the disk: drop a random part of the suffix they form. A
+            // separate generator keeps the run's own random sequence as it was.
+            let disk = self.disks.entry(id).or_default();
+            let tail = disk.iter().rev().take_while(|r| !r.must_precede_sends()).count();
+            let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ self.now.rotate_left(17) ^ u64::from(id) << 56);
+            let lost = if tail == 0 { 0 } else { rng.gen_range(0..=tail) };
+            disk.truncate(disk.len() - lost);
+            self.log(|| format!("r{id} CRASH (lost {lost} of {tail} unsynced records)"));
             self.replicas.insert(id, Slot::Down);
         }
     }
@@ -750,6 +764,37 @@ impl Sim {
         self.schedule(think, Node::Client(c), Payload::ClientTimer(0));
     }
 
+    /// Liveness of the replicas themselves: once the faults are over and the
+    /// clients are done, every honest member must be back in a working view
+    /// with state, not waiting alone in a view change nobody else joined.
+    fn check_settled(&mut self) {
+        let stuck: Vec<String> = self
+            .replicas
+            .iter()
+            .filter_map(|(id, s)| match s {
+                Slot::Honest(r) if !r.is_retired() && (!r.is_active() || r.is_catching_up()) => {
+                    Some(format!("r{id}: {}", r.describe_log()))
+                }
+                _ => None,
+            })
+            .collect();
+        if !stuck.is_empty() {
+            let views: Vec<String> = self
+                .replicas
+                .iter()
+                .filter_map(|(id, s)| match s {
+                    Slot::Honest(r) => Some(format!("r{id} view {} active {}", r.view(), r.is_active())),
+                    _ => None,
+                })
+                .collect();
+            self.checker.violations.push(format!(
+                "liveness: {SETTLE_MS}ms after the last operation, honest replicas are still outside a working view: {}; honest views: {}",
+                stuck.join("; "),
+                views.join(", ")
+            ));
+        }
+    }
+
     fn all_done(&self) -> bool {
         self.clients.iter().all(|c| c.admin || (c.ops_left == 0 && c.core.outstanding().is_none()))
             && self.replacing.is_none()
@@ -759,16 +804,21 @@ impl Sim {
 
     fn run(mut self) -> Report {
         let deadline = self.gst + LIVENESS_MS;
+        let mut settle_until: Option<u64> = None;
         while let Some(Reverse(ev)) = self.queue.pop() {
             self.now = ev.at;
             if self.now >= self.gst && !self.partitioned.is_empty() {
                 self.partitioned.clear();
             }
-            if self.now > deadline {
+            if settle_until.is_none() && self.now > deadline {
                 break;
             }
             if self.all_done() && self.now >= self.gst {
-                break;
+                // Done: let the cluster run idle for a while, then check it settled.
+                let until = *settle_until.get_or_insert(self.now + SETTLE_MS);
+                if self.now >= until {
+                    break;
+                }
             }
             match (ev.to, ev.payload) {
                 (Node::Client(usize::MAX), Payload::Crash) => {
@@ -864,6 +914,9 @@ impl Sim {
                 status.join("; ")
             ));
         }
+        if settle_until.is_some() {
+            self.check_settled();
+        }
         self.checker.finish();
         let (view_changes, state_transfers) = self
             .replicas
@@ -923,6 +976,8 @@ fn describe_message(b: &Bytes) -> String {
         Some(Body::StateRequest(r)) => format!("state-request from s{}", r.min_seq),
         Some(Body::StateResponse(r)) => format!("state-response ({} bytes)", r.snapshot.len()),
         Some(Body::Reply(_)) => "reply".into(),
+        Some(Body::Suspect(s)) => format!("suspect v{}", s.view),
+        Some(Body::Forward(f)) => format!("forward ({} requests)", f.requests.len()),
         None => "empty".into(),
     };
     format!("e{} r{} {body}", m.epoch, m.sender)
