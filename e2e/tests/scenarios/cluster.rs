@@ -150,7 +150,7 @@ pub async fn primary_loss(ctx: &Ctx, s: &mut Scenario) -> Result<()> {
 pub async fn bad_input(ctx: &Ctx, s: &mut Scenario) -> Result<()> {
     ensure_basic(ctx, s).await?;
     let cases: &[(&str, &str, &str)] = &[
-        ("f=9", "faultTolerance: 9", "faultTolerance (f) must be between 1 and 7"),
+        ("f=9", "{faultTolerance: 9}", "faultTolerance (f) must be between 1 and 7"),
         ("memory below the floor", "{faultTolerance: 1, resources: {limits: {memory: 32Mi}}}", "must be at least 64Mi"),
         (
             "watermark window",
