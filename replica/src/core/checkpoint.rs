@@ -92,10 +92,14 @@ impl Replica {
     pub(super) fn refresh_stable_proof(&mut self) {
         let seq = self.stable.seq;
         let q = self.membership.quorum();
+        let epoch = self.membership.epoch();
         let Some(votes) = self.checkpoint_votes.get(&seq) else { return };
+        // Only this epoch's votes: a proof must not mix epochs (view changes
+        // carrying it would be refused).
         let proof: Vec<Envelope> = votes
             .values()
             .filter(|v| v.digest.as_slice() == self.stable.digest)
+            .filter(|v| Message::decode(v.env.payload.as_ref()).is_ok_and(|m| m.epoch == epoch))
             .map(|v| v.env.clone())
             .take(q)
             .collect();

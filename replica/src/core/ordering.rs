@@ -173,13 +173,26 @@ impl Replica {
         Some(Candidate { env, msg, key })
     }
 
-    /// Whether a vote admitted by [`Self::prefilter`] still belongs to the
-    /// current view and window.
+    /// Whether a message admitted by [`Self::prefilter`] still belongs to
+    /// the current epoch and, for a vote, to the current view and window.
     fn still_admissible(&self, msg: &Message) -> bool {
+        // An earlier message of the batch may have switched the epoch: the
+        // rest were admitted (and their signatures checked) for the old one.
+        // Only the state transfer messages cross epochs, by their own rules.
+        let crosses = matches!(msg.body, Some(Body::StateRequest(_)) | Some(Body::StateResponse(_)));
+        if msg.epoch != self.membership.epoch() && !crosses {
+            return false;
+        }
         let (view, seq) = match &msg.body {
             Some(Body::PrePrepare(p)) => (p.view, p.seq),
             Some(Body::Prepare(p)) => (p.view, p.seq),
             Some(Body::Commit(c)) => (c.view, c.seq),
+            // A checkpoint the batch already made stable needs no more votes
+            // (stored now, one would linger below the low watermark).
+            Some(Body::Checkpoint(c)) => {
+                let refreshing = c.seq == self.stable.seq && self.stable.epoch != self.membership.epoch();
+                return c.seq > self.stable.seq || refreshing;
+            }
             _ => return true,
         };
         self.active && view == self.view && seq > self.stable.seq && seq <= self.stable.seq + self.cfg.watermark_window

@@ -570,27 +570,39 @@ impl Sim {
     }
 
     fn step_replica(&mut self, id: ReplicaId, event: Event) {
-        let expect = match &event {
-            Event::Peer(b) => self.expected_evidence(id, b),
-            _ => None,
+        let expect: Vec<(VoteSlot, ReplicaId)> = match &event {
+            Event::Peer(b) => self.expected_evidence(id, b).into_iter().collect(),
+            Event::Peers(bs) => bs.iter().filter_map(|b| self.expected_evidence(id, b)).collect(),
+            _ => vec![],
         };
+        let position = |r: &Replica| (r.membership().epoch(), r.view(), r.stable_checkpoint());
+        let before = self.replica(id).map(position);
         let actions = match self.replicas.get_mut(&id) {
             Some(Slot::Honest(r)) => r.step(event),
             Some(Slot::Byzantine(r, byz)) => {
-                if let Event::Peer(b) = &event {
-                    let byz_ids = self.byzantine_ids.clone();
-                    byz.observe(b, |s| !byz_ids.contains(&s));
+                let byz_ids = self.byzantine_ids.clone();
+                match &event {
+                    Event::Peer(b) => byz.observe(b, |s| !byz_ids.contains(&s)),
+                    Event::Peers(bs) => bs.iter().for_each(|b| byz.observe(b, |s| !byz_ids.contains(&s))),
+                    _ => {}
                 }
                 r.step(event)
             }
             _ => return,
         };
         self.apply_actions(id, actions);
-        if let Some((slot, offender)) = expect {
+        // A batch may move the epoch, view or window under its later
+        // messages, which then no longer count: evidence is expected only
+        // when none of them moved.
+        if self.replica(id).map(position) != before {
+            return;
+        }
+        for (slot, offender) in expect {
             let reported = self.replica(id).is_some_and(|r| r.has_evidence_against(offender, slot));
             if !reported {
                 self.checker.violations.push(format!(
-                    "evidence: replica {id} received conflicting {slot:?} votes from replica {offender} and reported nothing"
+                    "evidence: replica {id} received conflicting {slot:?} votes from replica {offender} and reported nothing (at {} ms)",
+                    self.now
                 ));
             }
         }
@@ -842,11 +854,33 @@ impl Sim {
                     }
                 }
                 (Node::Replica(id), Payload::Peer(b)) => {
-                    if self.cfg.trace {
-                        let d = describe_message(&b);
-                        self.log(|| format!("r{id} <- {d}"));
+                    // Messages that reach a replica in the same millisecond
+                    // come as one batch, as the server drains its inbox (an
+                    // early one may switch the view or epoch under the rest).
+                    let mut batch = vec![b];
+                    while let Some(Reverse(next)) = self.queue.peek() {
+                        if next.at != self.now
+                            || next.to != Node::Replica(id)
+                            || !matches!(next.payload, Payload::Peer(_))
+                        {
+                            break;
+                        }
+                        if let Some(Reverse(Scheduled { payload: Payload::Peer(b), .. })) = self.queue.pop() {
+                            batch.push(b);
+                        }
                     }
-                    self.step_replica(id, Event::Peer(b))
+                    if self.cfg.trace {
+                        for b in &batch {
+                            let d = describe_message(b);
+                            self.log(|| format!("r{id} <- {d}"));
+                        }
+                    }
+                    if batch.len() == 1 {
+                        let b = batch.pop().expect("one message");
+                        self.step_replica(id, Event::Peer(b))
+                    } else {
+                        self.step_replica(id, Event::Peers(batch))
+                    }
                 }
                 (Node::Replica(id), Payload::ClientRequest(b)) => self.step_replica(id, Event::Client(b)),
                 (Node::Replica(id), Payload::Timer(kind, generation)) => {
