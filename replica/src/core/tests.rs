@@ -48,6 +48,8 @@ struct Net {
     executed: Vec<(ReplicaId, u64)>,
     records: Vec<Vec<PersistRecord>>,
     down: BTreeSet<ReplicaId>,
+    /// Messages to these replicas are held back (in order) instead of delivered.
+    parked: BTreeMap<ReplicaId, Vec<Bytes>>,
 }
 
 impl Net {
@@ -64,6 +66,7 @@ impl Net {
             executed: vec![],
             records: vec![vec![]; N as usize],
             down: BTreeSet::new(),
+            parked: BTreeMap::new(),
         }
     }
 
@@ -99,6 +102,10 @@ impl Net {
     fn run(&mut self) {
         let mut budget = 100_000;
         while let Some((to, m)) = self.inbox.pop_front() {
+            if let Some(held) = self.parked.get_mut(&to) {
+                held.push(m);
+                continue;
+            }
             self.step(to, Event::Peer(m));
             budget -= 1;
             assert!(budget > 0, "message storm");
@@ -386,6 +393,48 @@ fn suspicions_that_are_not_resent_expire_and_do_not_add_up() {
         assert_eq!((r.view(), r.is_active()), (0, true), "{r:?}");
     }
     assert_eq!(net.replicas[0].counters().suspicions, 0, "one live suspicion is not f+1");
+}
+
+/// Sender, epoch and whether it is a checkpoint, of an encoded envelope.
+fn header(b: &Bytes) -> (ReplicaId, u64, bool) {
+    let env = Envelope::decode(b.as_ref()).expect("envelope");
+    let m = Message::decode(env.payload.as_ref()).expect("message");
+    (m.sender, m.epoch, matches!(m.body, Some(Body::Checkpoint(_))))
+}
+
+#[test]
+fn an_epoch_switch_inside_a_batch_leaves_a_proof_of_one_epoch() {
+    let mut net = Net::new();
+    net.parked.insert(2, vec![]);
+    let new_key = Keypair::from_secret([77; 32]);
+    let mut members = membership().members().to_vec();
+    members[3].public_key = Bytes::copy_from_slice(&new_key.public_bytes());
+    let mut admin_client = ClientCore::new(admin(), membership(), 0);
+    let req = admin_client.submit(Operation {
+        kind: Some(OpKind::Membership(crate::proto::MembershipChange { from_epoch: 1, members })),
+    });
+    net.client_request(&req);
+    assert!(net.replicas[..2].iter().all(|r| r.membership().epoch() == 2), "r0 and r1 switched without r2");
+    // r2 gets everything at once, r0's old-epoch checkpoint vote after the
+    // others' (so the boundary is already stable, and the epoch switched,
+    // when it comes), and then the new epoch's votes.
+    let mut batch = net.parked.remove(&2).expect("parked");
+    let late = batch.iter().position(|b| header(b) == (0, 1, true)).expect("r0's old-epoch checkpoint vote");
+    let late = batch.remove(late);
+    let first_new = batch.iter().position(|b| header(b).1 == 2).unwrap_or(batch.len());
+    batch.insert(first_new, late);
+    let actions = net.replicas[2].step(Event::Peers(batch));
+    net.absorb(2, actions);
+    let r = &net.replicas[2];
+    assert_eq!((r.membership().epoch(), r.stable_checkpoint()), (2, 4), "{r:?}");
+    let epochs: BTreeSet<u64> =
+        r.stable.proof.iter().map(|e| Message::decode(e.payload.as_ref()).expect("proof entry").epoch).collect();
+    assert_eq!(epochs.len(), 1, "the stable proof mixes epochs {epochs:?}");
+    assert!(r
+        .checkpoint_votes
+        .values()
+        .flat_map(|m| m.values())
+        .all(|v| { Message::decode(v.env.payload.as_ref()).is_ok_and(|m| m.epoch == 2) }));
 }
 
 #[test]
