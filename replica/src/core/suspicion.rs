@@ -41,8 +41,8 @@ impl Replica {
 
     /// A peer's SUSPECT (already admitted: above our view, newer than what we hold).
     pub(super) fn on_suspect(&mut self, sender: ReplicaId, s: Suspect) {
-        let held = self.suspicions.entry(sender).or_insert(HeldSuspicion { view: s.view, age: 0 });
-        *held = HeldSuspicion { view: held.view.max(s.view), age: 0 };
+        let view = self.suspicions.get(&sender).map_or(s.view, |h| h.view.max(s.view));
+        self.suspicions.insert(sender, HeldSuspicion { view, age: 0 });
         self.count_suspicions();
     }
 

@@ -395,6 +395,16 @@ fn suspicions_that_are_not_resent_expire_and_do_not_add_up() {
     assert_eq!(net.replicas[0].counters().suspicions, 0, "one live suspicion is not f+1");
 }
 
+/// The admin's signed request that gives member 3 a new key (epoch 1 -> 2).
+fn replace_member_3_key() -> Bytes {
+    let new_key = Keypair::from_secret([77; 32]);
+    let mut members = membership().members().to_vec();
+    members[3].public_key = Bytes::copy_from_slice(&new_key.public_bytes());
+    let mut admin_client = ClientCore::new(admin(), membership(), 0);
+    admin_client
+        .submit(Operation { kind: Some(OpKind::Membership(crate::proto::MembershipChange { from_epoch: 1, members })) })
+}
+
 /// Sender, epoch and whether it is a checkpoint, of an encoded envelope.
 fn header(b: &Bytes) -> (ReplicaId, u64, bool) {
     let env = Envelope::decode(b.as_ref()).expect("envelope");
@@ -406,13 +416,7 @@ fn header(b: &Bytes) -> (ReplicaId, u64, bool) {
 fn an_epoch_switch_inside_a_batch_leaves_a_proof_of_one_epoch() {
     let mut net = Net::new();
     net.parked.insert(2, vec![]);
-    let new_key = Keypair::from_secret([77; 32]);
-    let mut members = membership().members().to_vec();
-    members[3].public_key = Bytes::copy_from_slice(&new_key.public_bytes());
-    let mut admin_client = ClientCore::new(admin(), membership(), 0);
-    let req = admin_client.submit(Operation {
-        kind: Some(OpKind::Membership(crate::proto::MembershipChange { from_epoch: 1, members })),
-    });
+    let req = replace_member_3_key();
     net.client_request(&req);
     assert!(net.replicas[..2].iter().all(|r| r.membership().epoch() == 2), "r0 and r1 switched without r2");
     // r2 gets everything at once, r0's old-epoch checkpoint vote after the
@@ -491,13 +495,7 @@ fn a_lagging_replica_catches_up_by_state_transfer() {
 #[test]
 fn a_membership_change_replaces_a_key_at_the_checkpoint_boundary() {
     let mut net = Net::new();
-    let new_key = Keypair::from_secret([77; 32]);
-    let mut members = membership().members().to_vec();
-    members[3].public_key = Bytes::copy_from_slice(&new_key.public_bytes());
-    let mut admin_client = ClientCore::new(admin(), membership(), 0);
-    let req = admin_client.submit(Operation {
-        kind: Some(OpKind::Membership(crate::proto::MembershipChange { from_epoch: 1, members })),
-    });
+    let req = replace_member_3_key();
     net.client_request(&req);
     // The change executed at seq 1 and took effect at the boundary (seq 4), padded with null batches.
     for r in &net.replicas[..3] {
