@@ -157,7 +157,9 @@ pub async fn bad_input(ctx: &Ctx, s: &mut Scenario) -> Result<()> {
             "{faultTolerance: 1, protocol: {checkpointInterval: 64, watermarkWindow: 100}}",
             "multiple of protocol.checkpointInterval",
         ),
-        ("unknown field", "{faultTolerance: 1, replicas: 4}", "unknown field"),
+        // Server-side apply names the field ("field not declared in schema"),
+        // a strict create says "unknown field"; both give its path.
+        ("unknown field", "{faultTolerance: 1, replicas: 4}", ".spec.replicas"),
         ("bad quarantine mode", "{faultTolerance: 1, quarantine: {mode: Sometimes}}", "Unsupported value"),
         ("view-change timeout", "{faultTolerance: 1, protocol: {viewChangeTimeout: 10m}}", "between 100ms and 5m"),
     ];
