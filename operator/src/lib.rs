@@ -9,6 +9,7 @@
 
 pub mod build;
 pub mod crd;
+pub mod events;
 pub mod fault_injection;
 pub mod leader;
 pub mod metrics;

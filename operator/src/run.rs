@@ -9,10 +9,11 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::Api;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::{watcher, Controller};
 
 use crate::build::MANAGED_BY;
+use crate::events::EventPublisher;
 use crate::leader::Election;
 use crate::metrics::Metrics;
 use crate::reconcile::{error_policy, reconcile, Context};
@@ -124,7 +125,7 @@ pub async fn run(mut s: RunSettings) -> Result<(), RunError> {
             replica_image: s.replica_image.clone(),
             fault_injection_image: s.allow_fault_injection.then(|| s.fault_injection_image.clone()),
         },
-        recorder: Recorder::new(client.clone(), reporter),
+        events: EventPublisher::new(client.clone(), reporter),
         metrics: metrics.clone(),
     });
     fn api<K>(client: &kube::Client, ns: &Option<String>) -> Api<K>

@@ -138,9 +138,13 @@ pub async fn byzantine(ctx: &Ctx, s: &mut Scenario) -> Result<()> {
         events.iter().filter(|(_, r, _)| r == "EvidenceRejected").map(|(_, _, m)| m).collect();
     s.measure("events_evidence_verified", verified_events, "");
     s.measure("events_evidence_rejected", rejected_events.len(), "");
+    // One Event per offender and step, each with its own text (not folded into
+    // the first one's series).
+    let has =
+        |reason: &str, id: u32| events.iter().any(|(_, r, m)| r == reason && m.starts_with(&format!("member {id} (")));
     s.check(
-        verified_events >= 2 && events.iter().any(|(_, r, _)| r == "Quarantining"),
-        "Warning Events: evidence verified, quarantining",
+        [0, 1].iter().all(|&id| has("EvidenceVerified", id) && has("Quarantining", id)),
+        "Warning Events EvidenceVerified and Quarantining for each offender",
         || format!("{events:?}"),
     )?;
     let faulty = faulty_pods(ctx, ns, name).await?;
@@ -154,10 +158,11 @@ pub async fn byzantine(ctx: &Ctx, s: &mut Scenario) -> Result<()> {
         "the forged evidence is recorded as not verifying (bad signature), reported by member 1",
         || format!("{forged:?}"),
     )?;
+    let rejected_records = st.evidence.iter().filter(|e| !e.verified).count();
     s.check(
-        !rejected_events.is_empty() && rejected_events.len() <= 2,
-        "one EvidenceRejected Event for it (not one per reconcile)",
-        || format!("{rejected_events:?}"),
+        !rejected_events.is_empty() && rejected_events.len() <= rejected_records,
+        "an EvidenceRejected Event per rejected finding (not one per reconcile)",
+        || format!("{} Events for {rejected_records} rejected records: {rejected_events:?}", rejected_events.len()),
     )?;
     let untouched =
         member3_states.iter().all(|(st, f)| *st == Some(MemberState::Active) && f.as_deref() == Some(fp3.as_str()));

@@ -39,6 +39,8 @@ struct FloodCounts {
     ok: AtomicU64,
     exhausted: AtomicU64,
     other: AtomicU64,
+    /// The other errors by gRPC code: how many, and the first one's message.
+    other_by_code: std::sync::Mutex<BTreeMap<String, (u64, String)>>,
 }
 
 /// One flooding client: signed puts of FLOOD_VALUE bytes to a few keys (the
@@ -82,7 +84,13 @@ async fn flood_client(
             match r {
                 Ok(_) => n.ok.fetch_add(1, Ordering::Relaxed),
                 Err(s) if s.code() == tonic::Code::ResourceExhausted => n.exhausted.fetch_add(1, Ordering::Relaxed),
-                Err(_) => n.other.fetch_add(1, Ordering::Relaxed),
+                Err(s) => {
+                    if let Ok(mut m) = n.other_by_code.lock() {
+                        let e = m.entry(format!("{:?}", s.code())).or_insert_with(|| (0, s.message().to_string()));
+                        e.0 += 1;
+                    }
+                    n.other.fetch_add(1, Ordering::Relaxed)
+                }
             };
         }
     }
@@ -144,6 +152,11 @@ pub async fn memory(ctx: &Ctx, s: &mut Scenario) -> Result<()> {
     s.measure("client_flood_answered", counts.ok.load(Ordering::Relaxed), "");
     s.measure("client_flood_resource_exhausted", counts.exhausted.load(Ordering::Relaxed), "");
     s.measure("client_flood_other_errors", counts.other.load(Ordering::Relaxed), "");
+    if let Ok(m) = counts.other_by_code.lock() {
+        for (code, (count, first)) in m.iter() {
+            s.log(format!("client flood: {count} x {code}, the first: {first}"));
+        }
+    }
     for (id, (used, limit)) in &peak {
         s.measure(
             &format!("replica_{id}_peak_memory"),

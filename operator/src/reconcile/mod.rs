@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use rand_core::{OsRng, RngCore};
 use serde::Serialize;
@@ -34,6 +34,7 @@ use crate::build::{
     pvc_name, MembershipInput, ObservedMember, MANAGED_BY,
 };
 use crate::crd::{ConsensusCluster, ConsensusClusterSpec};
+use crate::events::EventPublisher;
 use crate::metrics::Metrics;
 use crate::validate::{validate, OperatorDefaults, ValidatedCluster};
 use model::{ChangeReason, Committed, Member, Observed, PendingChange, Report, HISTORY_KEY, PENDING_ANNOTATION};
@@ -89,7 +90,7 @@ fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileErr
 pub struct Context {
     pub client: kube::Client,
     pub defaults: OperatorDefaults,
-    pub recorder: Recorder,
+    pub events: EventPublisher,
     pub metrics: Arc<Metrics>,
 }
 
@@ -145,7 +146,7 @@ where
 
 async fn publish(ctx: &Context, cc: &ConsensusCluster, type_: EventType, reason: &str, action: &str, note: String) {
     let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&ev, &cc.object_ref(&())).await {
+    if let Err(e) = ctx.events.publish(&ev, &cc.object_ref(&())).await {
         tracing::warn!(cluster = %cc.name_any(), "publishing event {reason}: {e}");
     }
 }
