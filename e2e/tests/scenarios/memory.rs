@@ -31,7 +31,14 @@ const NAME: &str = "mem";
 const LIMIT: &str = "96Mi";
 const FLOOD: Duration = Duration::from_secs(40);
 const FLOOD_CLIENTS: usize = 48;
-const FLOOD_VALUE: usize = 48 << 10;
+/// Value bytes of each flooding put: as large as a 96Mi replica accepts (its
+/// core derives a largest request of about 14 KiB from the limit; larger ones
+/// are refused as INVALID_ARGUMENT before they cost anything).
+const FLOOD_VALUE: usize = 12 << 10;
+/// Puts each flooding client has in flight at once, each sent to every replica:
+/// 48 x 16 calls of 12 KiB are twice the 5% of the limit a replica lets client
+/// requests take.
+const FLOOD_IN_FLIGHT: usize = 16;
 
 #[derive(Default)]
 struct FloodCounts {
@@ -44,8 +51,8 @@ struct FloodCounts {
 }
 
 /// One flooding client: signed puts of FLOOD_VALUE bytes to a few keys (the
-/// state stays small; the pressure is in flight), sent to every replica at
-/// once, never waiting for f+1.
+/// state stays small; the pressure is in flight), FLOOD_IN_FLIGHT at a time,
+/// each sent to every replica at once, never waiting for f+1.
 async fn flood_client(
     c: usize,
     addrs: Vec<String>,
@@ -70,15 +77,20 @@ async fn flood_client(
     let value = Bytes::from(vec![b'f'; FLOOD_VALUE]);
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        i += 1;
-        let key = Bytes::from(format!("flood-{}", (c as u64 + i) % 8));
-        let request = core.submit(Operation { kind: Some(Kind::Put(Put { key, value: value.clone() })) });
-        let calls = channels.iter().map(|ch| {
-            let mut cl = ClientClient::new(ch.clone()).max_encoding_message_size(1 << 20);
-            let mut req = tonic::Request::new(SubmitRequest { request: request.clone() });
-            req.set_timeout(Duration::from_secs(5));
-            async move { cl.submit(req).await }
-        });
+        let requests: Vec<Bytes> = (0..FLOOD_IN_FLIGHT)
+            .map(|_| {
+                i += 1;
+                let key = Bytes::from(format!("flood-{}", (c as u64 + i) % 8));
+                core.submit(Operation { kind: Some(Kind::Put(Put { key, value: value.clone() })) })
+            })
+            .collect();
+        let calls =
+            requests.iter().flat_map(|request| channels.iter().map(move |ch| (request, ch))).map(|(request, ch)| {
+                let mut cl = ClientClient::new(ch.clone()).max_encoding_message_size(1 << 20);
+                let mut req = tonic::Request::new(SubmitRequest { request: request.clone() });
+                req.set_timeout(Duration::from_secs(5));
+                async move { cl.submit(req).await }
+            });
         for r in futures::future::join_all(calls).await {
             n.sent.fetch_add(1, Ordering::Relaxed);
             match r {
