@@ -164,18 +164,19 @@ pub async fn byzantine(ctx: &Ctx, s: &mut Scenario) -> Result<()> {
         "an EvidenceRejected Event per rejected finding (not one per reconcile)",
         || format!("{} Events for {rejected_records} rejected records: {rejected_events:?}", rejected_events.len()),
     )?;
-    let untouched =
-        member3_states.iter().all(|(st, f)| *st == Some(MemberState::Active) && f.as_deref() == Some(fp3.as_str()));
-    s.check(untouched, "honest member 3 kept its key and stayed Active throughout", || {
-        format!(
-            "{:?}",
-            member3_states
-                .iter()
-                .filter(|(st, f)| *st != Some(MemberState::Active) || f.as_deref() != Some(fp3.as_str()))
-                .take(3)
-                .collect::<Vec<_>>()
-        )
-    })?;
+    // Joining (not ready) is expected while the cluster changes view for the
+    // primary's replacement; only a quarantine, a removal or a new key would
+    // mean the forged evidence counted.
+    let touched = |(st, f): &&(Option<MemberState>, Option<String>)| {
+        matches!(st, Some(MemberState::Quarantined | MemberState::Removed) | None) || f.as_deref() != Some(fp3.as_str())
+    };
+    let not_active = member3_states.iter().filter(|(st, _)| *st != Some(MemberState::Active)).count();
+    s.measure("member_3_samples_not_active", format!("{not_active}/{}", member3_states.len()), "");
+    s.check(
+        !member3_states.iter().any(|x| touched(&x)),
+        "honest member 3 kept its key and was never quarantined or removed",
+        || format!("{:?}", member3_states.iter().filter(touched).take(3).collect::<Vec<_>>()),
+    )?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let r = load.stop().await;
     s.measure_secs("write_gap_during_quarantines", r.max_gap(inject, end));

@@ -86,6 +86,16 @@ pub fn examine(reporter: u32, encoded: &[u8], history: &[Committed]) -> Finding 
     Finding { digest, kind: kind_name(e.kind), offender: e.offender, epoch: e.epoch, reporter, verdict }
 }
 
+/// Whether `encoded` is evidence from the epoch right after the newest one in
+/// `history`: the membership change the operator is ordering can be in force
+/// at the replicas before the operator has recorded it. Such evidence is
+/// examined on a later reconcile, once that epoch is known, rather than
+/// rejected for good (a rejected claim is not examined again).
+pub fn awaits_next_epoch(encoded: &[u8], history: &[Committed]) -> bool {
+    let Ok(e) = Evidence::decode(encoded) else { return false };
+    history.iter().map(|c| c.epoch).max().is_some_and(|newest| newest.checked_add(1) == Some(e.epoch))
+}
+
 /// Whether `encoded` accuses a key that a verified record already convicts
 /// of the same kind (a cheap decode, no signature check): such evidence adds
 /// nothing, whoever reports it.
@@ -219,6 +229,20 @@ mod tests {
         assert!(old.verdict.as_ref().is_err_and(|e| e.contains("epoch 3")), "{old:?}");
         let garbage = examine(0, b"\xff\xff\xff", &[committed(5)]);
         assert!(garbage.verdict.is_err());
+    }
+
+    #[test]
+    fn evidence_of_the_next_epoch_waits_and_any_later_one_is_rejected() {
+        let k = keys();
+        let history = [committed(4), committed(5)];
+        assert!(awaits_next_epoch(&conflicting(&k[2], 2, 6), &history));
+        for epoch in [3, 4, 5, 7, u64::MAX] {
+            assert!(!awaits_next_epoch(&conflicting(&k[2], 2, epoch), &history), "epoch {epoch}");
+        }
+        assert!(!awaits_next_epoch(b"\xff\xff\xff", &history));
+        assert!(!awaits_next_epoch(&conflicting(&k[2], 2, 1), &[]), "no history: nothing to wait for");
+        let far = examine(0, &conflicting(&k[2], 2, 7), &history);
+        assert!(far.verdict.as_ref().is_err_and(|e| e.contains("epoch 7")), "{far:?}");
     }
 
     fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {

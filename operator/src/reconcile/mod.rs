@@ -227,11 +227,19 @@ async fn reconcile_inner(cc: &ConsensusCluster, ctx: &Context) -> Result<Action,
     // Observe.
     let mut observed = observe(&apis, &name, committed, history, pending, cc).await?;
     let mut records = previous_status.evidence.clone();
-    // Evidence against a key already convicted of the same is not verified again.
+    // Evidence against a key already convicted of the same is not verified
+    // again; evidence of the epoch being put in force waits for it.
     let raw: Vec<(u32, Vec<u8>)> = observe_replicas(&mut observed)
         .await
         .into_iter()
         .filter(|(_, bytes)| !evidence::already_convicted(&records, bytes, &observed.history))
+        .filter(|(reporter, bytes)| {
+            let wait = evidence::awaits_next_epoch(bytes, &observed.history);
+            if wait {
+                tracing::debug!(cluster = %name, reporter, "evidence of the next epoch: examined once the operator records it");
+            }
+            !wait
+        })
         .collect();
     let findings: Vec<evidence::Finding> =
         raw.iter().map(|(reporter, bytes)| evidence::examine(*reporter, bytes, &observed.history)).collect();
