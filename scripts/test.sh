@@ -5,7 +5,8 @@
 # Kubernetes test bed: smoke test, CRD admission, server-side validation of
 # every manifest, and the e2e suite (e2e/, a Rust test crate: the operator
 # installed with Helm and with the plain manifest, clusters under crashes,
-# Byzantine members, memory floods, scaling, upgrades, bad input, uninstall).
+# Byzantine members, scaling, upgrades, bad input, uninstall; the memory
+# flood scenario only when asked for).
 # Exits non-zero on the first failure and always tears the test bed down.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -69,10 +70,12 @@ else
   PBFT_REPLICA_BIN="$TARGET/release/pbft-replica" PBFT_OPERATOR_BIN="$TARGET/release/pbft-operator" e2e/cluster.sh images
   step "the operator end to end, bash (Helm install, clusters, pod loss, scaling, helm test)"
   KUBECONFIG="$(e2e/cluster.sh kubeconfig)" PBFTCTL="$TARGET/release/pbftctl" e2e/operator.sh test
-  # The Rust e2e suite: by default `install`, the scenario seen passing on
-  # every run; the others are opt-in until they have passed repeatedly
-  # (e2e/README.md records the runs); PBFT_E2E_SCENARIOS=all runs every one.
-  E2E_SCENARIOS="${PBFT_E2E_SCENARIOS:-install}"
+  # The Rust e2e suite: by default every scenario but `memory`, which fails
+  # on this replica (under a client flood its cgroup usage, page cache
+  # included, stays above the soft limit and honest writes are shed too; see
+  # e2e/README.md); PBFT_E2E_SCENARIOS=all runs every one, or give a list.
+  E2E_DEFAULT="install,helm-test,available,primary-loss,bad-input,scale-upgrade,crash,byzantine,manual-quarantine,operator-metrics,uninstall,manifest-install"
+  E2E_SCENARIOS="${PBFT_E2E_SCENARIOS:-$E2E_DEFAULT}"
   step "the e2e suite (e2e/tests/e2e.rs: $E2E_SCENARIOS; every scenario prints MEASURE lines)"
   e2e_started=$(date +%s)
   KUBECONFIG="$(e2e/cluster.sh kubeconfig)" PBFT_E2E=1 HELM="$HELM_BIN/helm" KUBECTL="$K8S_BIN/kubectl" \
