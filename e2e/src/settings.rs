@@ -18,7 +18,8 @@ pub enum ReachMode {
 pub struct Settings {
     /// `PBFT_E2E=1` runs the suite; otherwise the test binary only says it was skipped.
     pub enabled: bool,
-    /// `PBFT_E2E_SCENARIOS`: comma-separated scenario names, or `all` (default).
+    /// `PBFT_E2E_SCENARIOS`: comma-separated scenario names, or `all` (default);
+    /// `-name` leaves one out (`all,-memory`).
     pub scenarios: Vec<String>,
     /// `PBFT_E2E_REACH`: direct, port-forward or auto (default).
     pub reach: ReachMode,
@@ -79,7 +80,7 @@ impl Settings {
 
     /// Whether scenario `name` is selected.
     pub fn wants(&self, name: &str) -> bool {
-        self.scenarios.iter().any(|s| s == "all" || s == name)
+        selected(&self.scenarios, name)
     }
 
     /// The replica image of this build.
@@ -90,5 +91,27 @@ impl Settings {
     /// The replica image the rolling upgrade moves to.
     pub fn upgrade_image(&self) -> String {
         format!("pbft-replica:{}", self.upgrade_tag)
+    }
+}
+
+/// Whether `name` is among `scenarios` (`all` or its name) and not left out (`-name`).
+fn selected(scenarios: &[String], name: &str) -> bool {
+    let left_out = scenarios.iter().any(|s| s.strip_prefix('-') == Some(name));
+    !left_out && scenarios.iter().any(|s| s == "all" || s == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::selected;
+
+    #[test]
+    fn all_names_and_left_out_ones() {
+        let list = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
+        assert!(selected(&list("all"), "memory"));
+        assert!(!selected(&list("all,-memory"), "memory"));
+        assert!(selected(&list("all,-memory"), "crash"));
+        assert!(selected(&list("install,crash"), "crash"));
+        assert!(!selected(&list("install,crash"), "memory"));
+        assert!(!selected(&list("-memory"), "crash"), "leaving one out selects nothing else");
     }
 }

@@ -84,13 +84,14 @@ async fn flood_client(
                 core.submit(Operation { kind: Some(Kind::Put(Put { key, value: value.clone() })) })
             })
             .collect();
-        let calls =
-            requests.iter().flat_map(|request| channels.iter().map(move |ch| (request, ch))).map(|(request, ch)| {
+        let calls = requests.iter().flat_map(|request| {
+            channels.iter().map(move |ch| {
                 let mut cl = ClientClient::new(ch.clone()).max_encoding_message_size(1 << 20);
                 let mut req = tonic::Request::new(SubmitRequest { request: request.clone() });
                 req.set_timeout(Duration::from_secs(5));
                 async move { cl.submit(req).await }
-            });
+            })
+        });
         for r in futures::future::join_all(calls).await {
             n.sent.fetch_add(1, Ordering::Relaxed);
             match r {
