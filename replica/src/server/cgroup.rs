@@ -1,6 +1,8 @@
 //! The container's memory limit and usage from the cgroup (v2 `memory.max`,
 //! v1 `memory.limit_in_bytes`), found through `/proc/self/cgroup` and
 //! `/proc/self/mountinfo`. "max" or an absurdly large value means no limit.
+//! Usage is what the kernel cannot simply drop: the cgroup's usage minus its
+//! clean page cache (from `memory.stat`).
 
 use std::path::{Path, PathBuf};
 
@@ -31,14 +33,42 @@ impl CgroupFiles {
         parse_limit(&std::fs::read_to_string(dir.join(name)).ok()?)
     }
 
-    /// Current usage in bytes.
+    /// Usage in bytes without the clean page cache. The cgroup's own usage
+    /// (`memory.current`, `memory.usage_in_bytes`) counts every page of the
+    /// write-ahead log and snapshots the kernel still caches; the kernel drops
+    /// those clean pages before it OOM-kills, so counting them kept shedding on
+    /// (and refused honest clients) while the process itself was far below the
+    /// limit. An unreadable `memory.stat` counts the whole usage.
     pub fn usage(&self) -> Option<u64> {
-        let (dir, name) = match self {
-            CgroupFiles::V2 { dir } => (dir, "memory.current"),
-            CgroupFiles::V1 { dir } => (dir, "memory.usage_in_bytes"),
+        let (dir, name, v1) = match self {
+            CgroupFiles::V2 { dir } => (dir, "memory.current", false),
+            CgroupFiles::V1 { dir } => (dir, "memory.usage_in_bytes", true),
         };
-        std::fs::read_to_string(dir.join(name)).ok()?.trim().parse().ok()
+        let total: u64 = std::fs::read_to_string(dir.join(name)).ok()?.trim().parse().ok()?;
+        let clean_cache =
+            std::fs::read_to_string(dir.join("memory.stat")).map(|s| clean_page_cache(&s, v1)).unwrap_or(0);
+        Some(total.saturating_sub(clean_cache))
     }
+}
+
+/// Clean page cache in bytes from a `memory.stat`: file pages that are not
+/// shared memory (tmpfs, which cannot be dropped without swap), not dirty and
+/// not under writeback. v1 reads the hierarchical `total_*` counters, v2 its
+/// own (which already include descendants). Missing counters count as zero.
+pub fn clean_page_cache(stat: &str, v1: bool) -> u64 {
+    let field = |name: &str| -> u64 {
+        stat.lines()
+            .filter_map(|l| l.split_once(' '))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let [cache, shmem, dirty, writeback] = if v1 {
+        ["total_cache", "total_shmem", "total_dirty", "total_writeback"]
+    } else {
+        ["file", "shmem", "file_dirty", "file_writeback"]
+    };
+    field(cache).saturating_sub(field(shmem) + field(dirty) + field(writeback))
 }
 
 /// Parses a limit file's content: a number of bytes, or "max".
@@ -194,10 +224,26 @@ mod tests {
         std::fs::write(cg.join("memory.current"), "1000\n").unwrap();
         let f = locate(V2_CGROUP, V2_MOUNTINFO, &dir).unwrap();
         assert_eq!(f.limit(), Some(134217728));
-        assert_eq!(f.usage(), Some(1000));
+        assert_eq!(f.usage(), Some(1000), "no memory.stat: the whole usage counts");
+        std::fs::write(cg.join("memory.stat"), "anon 300\nfile 700\nshmem 100\nfile_dirty 50\n").unwrap();
+        assert_eq!(f.usage(), Some(450), "the clean page cache (700-100-50) is left out");
+        std::fs::write(cg.join("memory.stat"), "file 5000\n").unwrap();
+        assert_eq!(f.usage(), Some(0), "never below zero");
         std::fs::write(cg.join("memory.max"), "max\n").unwrap();
         assert_eq!(f.limit(), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn clean_page_cache_by_version() {
+        // Read off a cgroup v1 memory.stat of this machine (own and hierarchical counters).
+        let v1 = "cache 9916416\nshmem 9580544\ndirty 20480\nwriteback 0\ntotal_cache 1310769152\n\
+                  total_rss 430407680\ntotal_shmem 9580544\ntotal_dirty 268283904\ntotal_writeback 0\n";
+        assert_eq!(clean_page_cache(v1, true), 1310769152 - 9580544 - 268283904);
+        let v2 = "anon 1000\nfile 8000\nshmem 1000\nfile_dirty 500\nfile_writeback 500\ninactive_file 3000\n";
+        assert_eq!(clean_page_cache(v2, false), 6000);
+        assert_eq!(clean_page_cache(v2, true), 0, "v1 counters are absent from a v2 file");
+        assert_eq!(clean_page_cache("file garbage\nshmem\n", false), 0);
     }
 
     #[test]

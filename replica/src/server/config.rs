@@ -86,7 +86,8 @@ pub struct Overrides {
     /// Bytes of peer messages queued per peer before the oldest are dropped.
     #[arg(long, env = "PBFT_PEER_QUEUE_BYTES")]
     pub peer_queue_bytes: Option<u64>,
-    /// Client calls served at once (more get RESOURCE_EXHAUSTED).
+    /// Most client calls served at once (more get RESOURCE_EXHAUSTED); the replica
+    /// allows fewer when the largest requests would not fit its client byte budget.
     #[arg(long, env = "PBFT_MAX_CLIENT_CALLS")]
     pub max_client_calls: Option<u64>,
     /// Log format: text or json.

@@ -113,7 +113,7 @@ impl Metrics {
         registry.register("evidence", "Evidence of misbehaviour found, by kind", m.evidence.clone());
         registry.register_with_unit(
             "memory_used",
-            "Memory used (cgroup usage, or RSS)",
+            "Memory used: cgroup usage without clean page cache, or RSS",
             prometheus_client::registry::Unit::Bytes,
             m.memory_used.clone(),
         );

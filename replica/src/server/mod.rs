@@ -2,6 +2,7 @@
 //! write-ahead log, the cgroup memory budget, gRPC transport, metrics, and
 //! the driver that runs the sans-io [`crate::core::Replica`].
 
+pub mod admission;
 pub mod cgroup;
 pub mod config;
 pub mod dev;

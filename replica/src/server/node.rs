@@ -21,13 +21,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message as _;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tonic::{Request, Response, Status};
 
 use crate::core::{Action, Config, Event, Rejection, Replica, TimerKind};
 use crate::crypto::{Ed25519Verifier, Keypair, SignatureCheck, SignatureVerifier as _, REQUEST_DOMAIN};
 use crate::membership::Membership;
 use crate::proto::{evidence::Kind as EvidenceKind, Envelope, Evidence};
+use crate::server::admission::{self, Admitted, CallPermits, Gate};
 use crate::server::cgroup::{self, CgroupFiles};
 use crate::server::config::Settings;
 use crate::server::membership_file::{MembershipFile, MembershipFileError};
@@ -105,7 +106,8 @@ pub struct Shared {
     snapshot_bytes: AtomicU64,
     memory_limit: AtomicU64,
     shutting_down: AtomicBool,
-    client_calls: Arc<Semaphore>,
+    /// Client calls in flight, taken before a call's body is read ([`admission`]).
+    client_calls: CallPermits,
     ready: AtomicBool,
     shutdown: watch::Receiver<bool>,
     /// Set when the driver has flushed and stopped.
@@ -120,12 +122,29 @@ impl Shared {
     }
 
     /// Usage plus the burst the next checkpoint brings (two more copies of the state).
+    /// Known limit: a state so large that this stays above the soft limit gets
+    /// every client call shed, deletes included (the call is refused before its
+    /// operation is read); the memory limit must leave room for three copies of the state.
     fn projected_usage(&self) -> u64 {
         self.memory_used.load(Ordering::Relaxed) + 2 * self.snapshot_bytes.load(Ordering::Relaxed)
     }
 
     fn shed(&self, reason: &str) {
         self.metrics.shed_requests.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+    }
+}
+
+impl Gate for Shared {
+    /// Refuses a client call while memory is above the soft limit or every permit is taken.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        if self.projected_usage() > self.shed_threshold() {
+            self.shed("memory");
+            return Err(exhausted("memory above the soft limit"));
+        }
+        self.client_calls.try_acquire().ok_or_else(|| {
+            self.shed("concurrency");
+            exhausted("too many client calls in flight")
+        })
     }
 }
 
@@ -230,14 +249,7 @@ impl Client for ClientSvc {
         if request.len() > limit {
             return Err(Status::invalid_argument(format!("request of {} bytes exceeds {limit}", request.len())));
         }
-        if s.projected_usage() > s.shed_threshold() {
-            s.shed("memory");
-            return Err(exhausted("memory above the soft limit"));
-        }
-        let Ok(_permit) = s.client_calls.clone().try_acquire_owned() else {
-            s.shed("concurrency");
-            return Err(exhausted("too many client calls in flight"));
-        };
+        // Memory and the number of calls were checked before the body was read (`Gate::admit`).
         let Some(_bytes) = ClientBytes::take(&s.client_bytes, request.len(), s.client_bytes_cap) else {
             s.shed("client_bytes");
             return Err(exhausted("too many client request bytes in flight"));
@@ -929,6 +941,10 @@ async fn start_replica(shared: Arc<Shared>, key: Keypair, file: MembershipFile) 
     let max_frame = (cfg.max_message_bytes * (q + 1)).max(cfg.max_snapshot_bytes.min(shared.inbound_cap));
     shared.max_frame_bytes.store(max_frame, Ordering::Relaxed);
     shared.max_request_bytes.store(cfg.max_request_bytes + 1024, Ordering::Relaxed);
+    let calls =
+        admission::calls_for(shared.client_bytes_cap, cfg.max_request_bytes + 1024, s.max_client_calls as usize);
+    shared.client_calls.resize(calls);
+    tracing::info!(client_calls = calls, max_request_bytes = cfg.max_request_bytes, "client admission");
     shared.metrics.memory_budget.set(budget as i64);
     // Each peer's share of the inbound bytes, never below one largest message.
     let per_peer = (shared.inbound_cap / (genesis.n().max(2) - 1)).min(s.peer_queue_bytes as usize);
@@ -1166,7 +1182,7 @@ pub async fn run(
         snapshot_bytes: AtomicU64::new(0),
         memory_limit: AtomicU64::new(limit),
         shutting_down: AtomicBool::new(false),
-        client_calls: Arc::new(Semaphore::new(settings.max_client_calls as usize)),
+        client_calls: CallPermits::new(settings.max_client_calls as usize),
         ready: AtomicBool::new(false),
         shutdown: shutdown.clone(),
         driver_done,
@@ -1205,9 +1221,10 @@ pub async fn run(
     let max_in = (shared.inbound_cap).max(8 << 20);
     let peer_svc = || PeerServer::new(PeerSvc(shared.clone())).max_decoding_message_size(max_in);
     let client_svc = || {
-        ClientServer::new(ClientSvc(shared.clone()))
+        let svc = ClientServer::new(ClientSvc(shared.clone()))
             .max_decoding_message_size(1 << 20)
-            .max_encoding_message_size(1 << 20)
+            .max_encoding_message_size(1 << 20);
+        Admitted::new(svc, shared.clone() as Arc<dyn Gate>)
     };
     let admin_svc = || AdminServer::new(AdminSvc(shared.clone())).max_encoding_message_size(64 << 20);
     let serve = |router: tonic::transport::server::Router, l: tokio::net::TcpListener| {

@@ -24,8 +24,27 @@ pub fn admin_key() -> Keypair {
     Keypair::from_secret([200; 32])
 }
 
+/// Ports the tests' replicas listen on: below the kernel's ephemeral range
+/// (32768 and up by default) and below Kubernetes' NodePorts (30000 and up).
+/// A port the kernel handed out as free can be taken by any outgoing
+/// connection between this check and the replica's bind: under the client
+/// flood, replicas failed to start with "Address already in use".
+const TEST_PORTS: std::ops::Range<u16> = 20_000..30_000;
+
+/// A loopback port free now, from [`TEST_PORTS`]; each test process starts
+/// at its own offset and never hands out a port twice.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let offset = std::process::id().wrapping_mul(97) % span;
+    for _ in 0..span {
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = TEST_PORTS.start + ((offset + k) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?}")
 }
 
 /// Writes `key` as 64 hex digits to `path`, read-only (mode 0400) in a read-only directory.
