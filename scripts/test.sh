@@ -5,8 +5,8 @@
 # Kubernetes test bed: smoke test, CRD admission, server-side validation of
 # every manifest, and the e2e suite (e2e/, a Rust test crate: the operator
 # installed with Helm and with the plain manifest, clusters under crashes,
-# Byzantine members, scaling, upgrades, bad input, uninstall; the memory
-# flood scenario only when asked for).
+# Byzantine members, scaling, upgrades, bad input, a memory flood under a
+# 96Mi limit, uninstall).
 # Exits non-zero on the first failure and always tears the test bed down.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -71,12 +71,9 @@ else
   PBFT_REPLICA_BIN="$TARGET/release/pbft-replica" PBFT_OPERATOR_BIN="$TARGET/release/pbft-operator" e2e/cluster.sh images
   step "the operator end to end, bash (Helm install, clusters, pod loss, scaling, helm test)"
   KUBECONFIG="$(e2e/cluster.sh kubeconfig)" PBFTCTL="$TARGET/release/pbftctl" e2e/operator.sh test
-  # The Rust e2e suite: by default every scenario but `memory`, which fails
-  # on this replica (under a client flood its cgroup usage, page cache
-  # included, stays above the soft limit and honest writes are shed too; see
-  # e2e/README.md); PBFT_E2E_SCENARIOS=all runs every one, or give a list
-  # (`-name` leaves one out).
-  E2E_SCENARIOS="${PBFT_E2E_SCENARIOS:-all,-memory}"
+  # The Rust e2e suite: every scenario by default, or PBFT_E2E_SCENARIOS=a list
+  # (`all,-name` leaves one out).
+  E2E_SCENARIOS="${PBFT_E2E_SCENARIOS:-all}"
   step "the e2e suite (e2e/tests/e2e.rs: $E2E_SCENARIOS; every scenario prints MEASURE lines)"
   e2e_started=$(date +%s)
   KUBECONFIG="$(e2e/cluster.sh kubeconfig)" PBFT_E2E=1 HELM="$HELM_BIN/helm" KUBECTL="$K8S_BIN/kubectl" \
