@@ -74,8 +74,9 @@ impl CallPermits {
         self.settle_debt();
     }
 
+    /// Removes owed permits that are free now (skipped while another thread holds the account).
     fn settle_debt(&self) {
-        let Ok(mut owed) = self.owed.lock() else { return };
+        let Ok(mut owed) = self.owed.try_lock() else { return };
         if *owed > 0 {
             *owed -= self.semaphore.forget_permits(*owed);
         }
@@ -166,6 +167,47 @@ mod tests {
         let grown: Vec<_> = std::iter::from_fn(|| p.try_acquire()).take(10).collect();
         assert_eq!(grown.len(), 5);
         assert_eq!(p.total(), 5);
+    }
+
+    /// An inner service that counts its calls and answers OK.
+    #[derive(Clone, Default)]
+    struct Counting(Arc<AtomicUsize>);
+
+    impl Service<http::Request<Body>> for Counting {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(Ok(http::Response::new(Body::default())))
+        }
+    }
+
+    struct OnePermit(CallPermits);
+
+    impl Gate for OnePermit {
+        fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
+            self.0.try_acquire().ok_or_else(|| Status::resource_exhausted("busy"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_call_never_reaches_the_service() {
+        let inner = Counting::default();
+        let gate = Arc::new(OnePermit(CallPermits::new(1)));
+        let mut svc = Admitted::new(inner.clone(), gate.clone());
+        let held = gate.0.try_acquire();
+        let refused = svc.call(http::Request::new(Body::default())).await.unwrap();
+        assert_eq!(inner.0.load(Ordering::Relaxed), 0, "the body of a refused call is never read");
+        assert_eq!(refused.headers().get("grpc-status").map(|v| v.as_bytes()), Some(&b"8"[..]));
+        drop(held);
+        let served = svc.call(http::Request::new(Body::default())).await.unwrap();
+        assert_eq!(inner.0.load(Ordering::Relaxed), 1);
+        assert!(served.headers().get("grpc-status").is_none());
+        assert!(gate.0.try_acquire().is_some(), "the permit came back when the call ended");
     }
 
     #[test]
