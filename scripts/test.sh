@@ -34,12 +34,8 @@ CARGO_TARGET_DIR="$TARGET/fault-injection" cargo build --release -p replica --fe
 FI_REPLICA="$TARGET/fault-injection/release/pbft-replica"
 export PBFT_REPLICA_FAULTY_BIN="$FI_REPLICA"
 
-step "unit and local-cluster tests"
-cargo test --release --workspace
-
-step "local-cluster tests with fault-injection replicas (an equivocating primary, a conflicting voter; the client flood with a peer flood)"
-PBFT_FI_REPLICA="$FI_REPLICA" cargo test --release -p replica --test faults
-PBFT_FI_REPLICA="$FI_REPLICA" cargo test --release -p replica --test cluster flood
+step "unit and local-cluster tests (fault-injection replicas: an equivocating primary, a conflicting voter, a peer flood beside the client flood)"
+PBFT_FI_REPLICA="$FI_REPLICA" cargo test --release --workspace
 
 step "Helm chart, install manifest and examples (offline checks; Helm built from source once, cached)"
 e2e/testbed/build-binaries.sh helm

@@ -12,11 +12,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tonic::body::Body;
 use tonic::codegen::{http, Service};
 use tonic::server::NamedService;
@@ -29,58 +28,6 @@ pub const MIN_CLIENT_CALLS: usize = 8;
 pub trait Gate: Send + Sync + 'static {
     /// A permit held while the call runs, or the status to answer at once.
     fn admit(&self) -> Result<OwnedSemaphorePermit, Status>;
-}
-
-/// The permits of client calls in flight, resizable while calls run: the
-/// number follows the largest request the core accepts, so that admitted
-/// calls of that size fit the client byte budget.
-pub struct CallPermits {
-    semaphore: Arc<Semaphore>,
-    /// Permits the semaphore is meant to hold (in use or not).
-    total: AtomicUsize,
-    /// Permits still to be removed once calls in flight give them back.
-    owed: Mutex<usize>,
-}
-
-impl CallPermits {
-    pub fn new(n: usize) -> CallPermits {
-        CallPermits { semaphore: Arc::new(Semaphore::new(n)), total: AtomicUsize::new(n), owed: Mutex::new(0) }
-    }
-
-    /// Takes a permit without waiting.
-    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
-        self.settle_debt();
-        self.semaphore.clone().try_acquire_owned().ok()
-    }
-
-    /// Permits meant to exist.
-    pub fn total(&self) -> usize {
-        self.total.load(Ordering::Relaxed)
-    }
-
-    /// Sets the number of permits to `n`; permits in use are removed as their calls end.
-    pub fn resize(&self, n: usize) {
-        let Ok(mut owed) = self.owed.lock() else { return };
-        let current = self.total.swap(n, Ordering::Relaxed);
-        if n >= current {
-            let grow = n - current;
-            let repaid = grow.min(*owed);
-            *owed -= repaid;
-            self.semaphore.add_permits(grow - repaid);
-        } else {
-            *owed += current - n;
-        }
-        drop(owed);
-        self.settle_debt();
-    }
-
-    /// Removes owed permits that are free now (skipped while another thread holds the account).
-    fn settle_debt(&self) {
-        let Ok(mut owed) = self.owed.try_lock() else { return };
-        if *owed > 0 {
-            *owed -= self.semaphore.forget_permits(*owed);
-        }
-    }
 }
 
 /// Calls to allow at once: as many requests of the largest size as the client
@@ -142,6 +89,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Semaphore;
 
     #[test]
     fn calls_follow_the_byte_budget() {
@@ -150,23 +99,6 @@ mod tests {
         assert_eq!(calls_for(1 << 30, 1024, 4096), 4096, "the configured maximum caps it");
         assert_eq!(calls_for(1000, 128 << 10, 4096), MIN_CLIENT_CALLS, "never below the floor");
         assert_eq!(calls_for(1000, 128 << 10, 2), 2, "a configured maximum below the floor wins");
-    }
-
-    #[test]
-    fn permits_shrink_as_calls_end_and_grow_at_once() {
-        let p = CallPermits::new(4);
-        let held: Vec<_> = (0..3).filter_map(|_| p.try_acquire()).collect();
-        assert_eq!(held.len(), 3);
-        p.resize(2);
-        assert!(p.try_acquire().is_none(), "3 in use against a new total of 2");
-        drop(held);
-        let now: Vec<_> = std::iter::from_fn(|| p.try_acquire()).take(10).collect();
-        assert_eq!(now.len(), 2, "the debt was paid by the returned permits");
-        drop(now);
-        p.resize(5);
-        let grown: Vec<_> = std::iter::from_fn(|| p.try_acquire()).take(10).collect();
-        assert_eq!(grown.len(), 5);
-        assert_eq!(p.total(), 5);
     }
 
     /// An inner service that counts its calls and answers OK.
@@ -186,20 +118,20 @@ mod tests {
         }
     }
 
-    struct OnePermit(CallPermits);
+    struct OnePermit(Arc<Semaphore>);
 
     impl Gate for OnePermit {
         fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
-            self.0.try_acquire().ok_or_else(|| Status::resource_exhausted("busy"))
+            self.0.clone().try_acquire_owned().map_err(|_| Status::resource_exhausted("busy"))
         }
     }
 
     #[tokio::test]
     async fn a_refused_call_never_reaches_the_service() {
         let inner = Counting::default();
-        let gate = Arc::new(OnePermit(CallPermits::new(1)));
+        let gate = Arc::new(OnePermit(Arc::new(Semaphore::new(1))));
         let mut svc = Admitted::new(inner.clone(), gate.clone());
-        let held = gate.0.try_acquire();
+        let held = gate.0.clone().try_acquire_owned();
         let refused = svc.call(http::Request::new(Body::default())).await.unwrap();
         assert_eq!(inner.0.load(Ordering::Relaxed), 0, "the body of a refused call is never read");
         assert_eq!(refused.headers().get("grpc-status").map(|v| v.as_bytes()), Some(&b"8"[..]));
@@ -207,17 +139,6 @@ mod tests {
         let served = svc.call(http::Request::new(Body::default())).await.unwrap();
         assert_eq!(inner.0.load(Ordering::Relaxed), 1);
         assert!(served.headers().get("grpc-status").is_none());
-        assert!(gate.0.try_acquire().is_some(), "the permit came back when the call ended");
-    }
-
-    #[test]
-    fn growing_first_repays_the_debt() {
-        let p = CallPermits::new(4);
-        let held: Vec<_> = (0..4).filter_map(|_| p.try_acquire()).collect();
-        p.resize(1); // owes 3
-        p.resize(3); // owes 1
-        drop(held);
-        let now: Vec<_> = std::iter::from_fn(|| p.try_acquire()).take(10).collect();
-        assert_eq!(now.len(), 3);
+        assert!(gate.0.clone().try_acquire_owned().is_ok(), "the permit came back when the call ended");
     }
 }

@@ -21,14 +21,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message as _;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 
 use crate::core::{Action, Config, Event, Rejection, Replica, TimerKind};
 use crate::crypto::{Ed25519Verifier, Keypair, SignatureCheck, SignatureVerifier as _, REQUEST_DOMAIN};
 use crate::membership::Membership;
 use crate::proto::{evidence::Kind as EvidenceKind, Envelope, Evidence};
-use crate::server::admission::{self, Admitted, CallPermits, Gate};
+use crate::server::admission::{self, Admitted, Gate};
 use crate::server::cgroup::{self, CgroupFiles};
 use crate::server::config::Settings;
 use crate::server::membership_file::{MembershipFile, MembershipFileError};
@@ -106,8 +106,9 @@ pub struct Shared {
     snapshot_bytes: AtomicU64,
     memory_limit: AtomicU64,
     shutting_down: AtomicBool,
-    /// Client calls in flight, taken before a call's body is read ([`admission`]).
-    client_calls: CallPermits,
+    /// Client calls in flight, taken before a call's body is read ([`admission`]);
+    /// sized once the core's largest request is known (when consensus starts).
+    client_calls: OnceLock<Arc<Semaphore>>,
     ready: AtomicBool,
     shutdown: watch::Receiver<bool>,
     /// Set when the driver has flushed and stopped.
@@ -135,13 +136,17 @@ impl Shared {
 }
 
 impl Gate for Shared {
-    /// Refuses a client call while memory is above the soft limit or every permit is taken.
+    /// Refuses a client call before consensus runs, while memory is above the
+    /// soft limit, or when every permit is taken.
     fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        let Some(calls) = self.client_calls.get() else {
+            return Err(Status::unavailable("replica is not (yet) a member of the membership file"));
+        };
         if self.projected_usage() > self.shed_threshold() {
             self.shed("memory");
             return Err(exhausted("memory above the soft limit"));
         }
-        self.client_calls.try_acquire().ok_or_else(|| {
+        calls.clone().try_acquire_owned().map_err(|_| {
             self.shed("concurrency");
             exhausted("too many client calls in flight")
         })
@@ -940,10 +945,10 @@ async fn start_replica(shared: Arc<Shared>, key: Keypair, file: MembershipFile) 
     let q = genesis.quorum();
     let max_frame = (cfg.max_message_bytes * (q + 1)).max(cfg.max_snapshot_bytes.min(shared.inbound_cap));
     shared.max_frame_bytes.store(max_frame, Ordering::Relaxed);
-    shared.max_request_bytes.store(cfg.max_request_bytes + 1024, Ordering::Relaxed);
-    let calls =
-        admission::calls_for(shared.client_bytes_cap, cfg.max_request_bytes + 1024, s.max_client_calls as usize);
-    shared.client_calls.resize(calls);
+    let max_request = cfg.max_request_bytes + 1024;
+    shared.max_request_bytes.store(max_request, Ordering::Relaxed);
+    let calls = admission::calls_for(shared.client_bytes_cap, max_request, s.max_client_calls as usize);
+    let _ = shared.client_calls.set(Arc::new(Semaphore::new(calls)));
     tracing::info!(client_calls = calls, max_request_bytes = cfg.max_request_bytes, "client admission");
     shared.metrics.memory_budget.set(budget as i64);
     // Each peer's share of the inbound bytes, never below one largest message.
@@ -1182,7 +1187,7 @@ pub async fn run(
         snapshot_bytes: AtomicU64::new(0),
         memory_limit: AtomicU64::new(limit),
         shutting_down: AtomicBool::new(false),
-        client_calls: CallPermits::new(settings.max_client_calls as usize),
+        client_calls: OnceLock::new(),
         ready: AtomicBool::new(false),
         shutdown: shutdown.clone(),
         driver_done,
