@@ -302,6 +302,7 @@ async fn observe(
     let pods = apis.pods.list(&lp).await.map_err(kube_err("listing pods"))?;
     let secrets = apis.secrets.list(&lp).await.map_err(kube_err("listing secrets"))?;
     let pvcs = apis.pvcs.list(&lp).await.map_err(kube_err("listing PVCs"))?;
+    let seen_at = now();
     let owned = |o: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]| {
         o.iter().any(|r| Some(&r.uid) == cc.metadata.uid.as_ref())
     };
@@ -314,7 +315,7 @@ async fn observe(
             .items
             .iter()
             .filter(|p| owned(p.owner_references()))
-            .filter_map(model::read_pod)
+            .filter_map(|p| model::read_pod(p, &seen_at))
             .map(|p| (p.id, p))
             .collect(),
         reports: BTreeMap::new(),
@@ -660,6 +661,17 @@ async fn act(
         Step::DeletePod { name, why } => {
             delete(&apis.pods, &name).await?;
             publish(ctx, cc, EventType::Normal, "PodDeleted", "DeletePod", format!("pod {name}: {why}")).await;
+        }
+        Step::ForceDeletePod { name, why } => {
+            // Grace period 0 removes the object without the kubelet's word; the
+            // process, if its node still runs it, holds a key no member accepts.
+            match apis.pods.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(kube_err(format!("force-deleting pod {name}"))(e)),
+            }
+            publish(ctx, cc, EventType::Warning, "PodForceDeleted", "ForceDeletePod", format!("pod {name}: {why}"))
+                .await;
         }
         Step::DeletePvc { id } => delete(&apis.pvcs, &pvc_name(cluster, id)).await?,
         Step::DeleteSecret { name } => delete(&apis.secrets, &name).await?,

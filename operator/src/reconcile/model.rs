@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
 
 use crate::build::secret::{KEY_USED_ANNOTATION, PUBLIC_KEY_ANNOTATION};
@@ -19,6 +20,11 @@ pub const PENDING_ANNOTATION: &str = "consensus.pbft.dev/pending-change";
 /// Annotation on the ConsensusCluster approving quarantines in Manual mode:
 /// comma-separated member ids.
 pub const APPROVE_ANNOTATION: &str = "consensus.pbft.dev/approve-quarantine";
+/// How long past its deletion deadline (deletionTimestamp, which already
+/// includes the grace period) a pod must still exist to count as stranded. A
+/// live kubelet kills the containers at the deadline and confirms within
+/// seconds.
+pub const STRANDED_AFTER_SECONDS: i64 = 60;
 /// Epochs kept in [`HISTORY_KEY`].
 pub const HISTORY_LEN: usize = 16;
 
@@ -83,6 +89,10 @@ pub enum ChangeReason {
     DataLost,
     /// The member's key Secret is gone.
     KeyLost,
+    /// The member's pod is stranded on a node that stopped answering: its key
+    /// is retired so the old process, should the node come back, cannot sign
+    /// for the membership any more.
+    NodeLost,
     /// A rolling update of an ephemeral member (new pod, new key).
     Upgrade,
     /// Adding a member (f grows).
@@ -125,6 +135,9 @@ pub struct PodView {
     pub spec_hash: Option<String>,
     pub ready: bool,
     pub terminating: bool,
+    /// Still there [`STRANDED_AFTER_SECONDS`] after its deletion deadline: no
+    /// kubelet confirms it stopped (its node is unreachable or gone).
+    pub stranded: bool,
     pub ip: Option<String>,
     /// Restarts of the replica container, and whether the last one was an OOM kill.
     pub restarts: i32,
@@ -242,8 +255,8 @@ pub fn read_key_secret(s: &Secret) -> Option<KeySecret> {
     })
 }
 
-/// A replica pod, or `None` for a pod without a member id.
-pub fn read_pod(p: &Pod) -> Option<PodView> {
+/// A replica pod as seen at `now`, or `None` for a pod without a member id.
+pub fn read_pod(p: &Pod, now: &Time) -> Option<PodView> {
     let id = member_id(p.metadata.labels.as_ref())?;
     let spec = p.spec.as_ref();
     let key_secret = spec
@@ -267,6 +280,11 @@ pub fn read_pod(p: &Pod) -> Option<PodView> {
         spec_hash: p.metadata.annotations.as_ref().and_then(|a| a.get(SPEC_HASH_ANNOTATION)).cloned(),
         ready,
         terminating: p.metadata.deletion_timestamp.is_some(),
+        stranded: p
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .is_some_and(|deadline| now.0.as_second() - deadline.0.as_second() >= STRANDED_AFTER_SECONDS),
         ip: status.and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()),
         restarts: container.map_or(0, |c| c.restart_count),
         oom_killed,
@@ -336,6 +354,23 @@ mod tests {
         for (n, q) in [(4, 3), (5, 4), (6, 4), (7, 5), (10, 7), (22, 15)] {
             assert_eq!(quorum(n), q, "n={n}");
         }
+    }
+
+    #[test]
+    fn a_pod_past_its_deletion_deadline_is_stranded() {
+        let at = |s: i64| Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + s).expect("in range"));
+        let mut p = Pod::default();
+        p.metadata.name = Some("ledger-2".into());
+        p.metadata.labels = Some(BTreeMap::from([(MEMBER_ID_LABEL.to_string(), "2".to_string())]));
+        let view = read_pod(&p, &at(0)).expect("a replica pod");
+        assert!(!view.terminating && !view.stranded);
+        p.metadata.deletion_timestamp = Some(at(0));
+        let view = read_pod(&p, &at(STRANDED_AFTER_SECONDS - 1)).expect("a replica pod");
+        assert!(view.terminating && !view.stranded, "still within the kubelet's time to confirm");
+        let view = read_pod(&p, &at(STRANDED_AFTER_SECONDS)).expect("a replica pod");
+        assert!(view.stranded);
+        let view = read_pod(&p, &at(-30)).expect("a replica pod");
+        assert!(view.terminating && !view.stranded, "grace period still running");
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //! - rolling changes (upgrade, scaling) wait until every member is healthy, so
 //!   a joining member catches up before the next one goes; the primary goes last;
 //! - a key whose pod lost its ephemeral data is never used again: the member
-//!   gets a new key through a membership change before a new pod starts.
+//!   gets a new key through a membership change before a new pod starts;
+//! - a pod stranded on a node that stopped answering is force-deleted only
+//!   once its key is out of the membership (an ephemeral member gets a new key
+//!   first), so the old process cannot sign for the cluster should the node
+//!   come back.
 
 use std::collections::BTreeSet;
 
@@ -59,6 +63,9 @@ pub enum Step {
     CreatePod { id: u32, key_secret: String },
     /// Delete a pod (retired key, removed member, or a rolling restart with persistent data).
     DeletePod { name: String, why: String },
+    /// Delete a stranded pod at once, without its kubelet's confirmation (its
+    /// key is retired or it is not a member).
+    ForceDeletePod { name: String, why: String },
     /// Delete a removed member's PersistentVolumeClaim.
     DeletePvc { id: u32 },
     /// Delete a key Secret no member uses any more.
@@ -165,10 +172,21 @@ pub fn plan(cluster: &ValidatedCluster, o: &Observed) -> Result<Plan, BuildError
         let secret = o.secret_of_key(&m.public_key);
         match (o.pods.get(&m.id), secret) {
             (Some(pod), Some(s)) if pod.key_secret.as_deref() != Some(s.name.as_str()) => {
-                if !pod.terminating {
+                if pod.stranded {
+                    p.steps.push(Step::ForceDeletePod {
+                        name: pod.name.clone(),
+                        why: "stranded on an unreachable node; its key is retired".into(),
+                    });
+                } else if !pod.terminating {
                     p.steps.push(Step::DeletePod { name: pod.name.clone(), why: "runs a retired key".into() });
                 }
             }
+            (Some(pod), _) if pod.stranded && !storage => lost.push((m.id, ChangeReason::NodeLost)),
+            (Some(pod), _) if pod.stranded => p.waiting.push(format!(
+                "pod {} of member {} is stranded on an unreachable node and holds its data on a volume: \
+                 it is left to Kubernetes (delete it with --force once the node is gone for good)",
+                pod.name, m.id
+            )),
             (Some(pod), _) => {
                 let key_secret = pod.key_secret.clone().unwrap_or_default();
                 let faults = o.keys.iter().find(|k| k.name == key_secret).and_then(|k| k.faults.as_deref());
@@ -186,7 +204,15 @@ pub fn plan(cluster: &ValidatedCluster, o: &Observed) -> Result<Plan, BuildError
     }
     // Pods and volumes of members no longer in the membership.
     for pod in o.pods.values() {
-        if !committed.contains(pod.id) && !pod.terminating {
+        if committed.contains(pod.id) {
+            continue;
+        }
+        if pod.stranded {
+            p.steps.push(Step::ForceDeletePod {
+                name: pod.name.clone(),
+                why: "stranded on an unreachable node; not a member".into(),
+            });
+        } else if !pod.terminating {
             p.steps.push(Step::DeletePod { name: pod.name.clone(), why: "not a member".into() });
         }
     }
@@ -239,7 +265,10 @@ pub fn plan(cluster: &ValidatedCluster, o: &Observed) -> Result<Plan, BuildError
         if healthy.contains(&subject) && out + 1 > committed.f() {
             return Err(format!("{out} of {n} members are out and f is {}", committed.f()));
         }
-        let urgent = matches!(reason, ChangeReason::Quarantine | ChangeReason::DataLost | ChangeReason::KeyLost);
+        let urgent = matches!(
+            reason,
+            ChangeReason::Quarantine | ChangeReason::DataLost | ChangeReason::KeyLost | ChangeReason::NodeLost
+        );
         if !urgent && out > 0 {
             return Err(format!("waiting until all {n} members are healthy ({out} not yet)"));
         }
@@ -497,6 +526,80 @@ mod tests {
         o.reports.remove(&2);
         let p = plan(&c, &o).expect("plan");
         assert_eq!(p.steps, vec![Step::CreatePod { id: 2, key_secret: secret_name(2, 0) }]);
+    }
+
+    #[test]
+    fn a_pod_stranded_on_a_lost_node_is_replaced_key_first() {
+        let c = cluster("faultTolerance: 1");
+        let mut o = healthy_cluster(&c, 4, 2);
+        let strand = |o: &mut Observed| {
+            let pod = o.pods.get_mut(&2).expect("pod");
+            (pod.ready, pod.terminating, pod.stranded) = (false, true, true);
+            o.reports.remove(&2);
+        };
+        // Terminating but not yet stranded: the kubelet may still confirm.
+        let pod = o.pods.get_mut(&2).expect("pod");
+        (pod.ready, pod.terminating) = (false, true);
+        o.reports.remove(&2);
+        let p = plan(&c, &o).expect("plan");
+        assert!(p.steps.is_empty(), "{p:?}");
+        // Stranded: the member gets a new key through the membership first; the pod stays.
+        strand(&mut o);
+        let p = plan(&c, &o).expect("plan");
+        assert_eq!(begins(&p), vec![(ChangeKind::Replace(2), ChangeReason::NodeLost)]);
+        assert!(!p.steps.iter().any(|s| matches!(s, Step::ForceDeletePod { .. } | Step::DeletePod { .. })), "{p:?}");
+        // Not while f members are already out: member 1 is down too.
+        let mut both = o.clone();
+        both.pods.get_mut(&1).expect("pod").ready = false;
+        let p = plan(&c, &both).expect("plan");
+        assert!(begins(&p).is_empty(), "{p:?}");
+        assert!(p.waiting.iter().any(|w| w.contains("NodeLost")), "{:?}", p.waiting);
+        // The new key is in force: now the stranded pod, holding a retired key, is force-deleted.
+        let mut next = o.committed.clone().expect("committed");
+        next.epoch = 3;
+        next.members[2].public_key = key(2, 1);
+        o.committed = Some(next.clone());
+        o.keys.push(KeySecret { name: secret_name(2, 1), id: 2, public_key: key(2, 1), used: false, faults: None });
+        for r in o.reports.values_mut() {
+            (r.epoch, r.membership) = (3, Some(next.clone()));
+        }
+        let p = plan(&c, &o).expect("plan");
+        assert!(p.steps.contains(&Step::ForceDeletePod {
+            name: "ledger-2".into(),
+            why: "stranded on an unreachable node; its key is retired".into()
+        }));
+        assert!(!p.steps.iter().any(|s| matches!(s, Step::CreatePod { .. })), "{p:?}");
+        assert!(p.steps.contains(&Step::DeleteSecret { name: secret_name(2, 0) }), "the retired key goes");
+        // Once it is gone, the member's pod starts on the new key.
+        o.pods.remove(&2);
+        let p = plan(&c, &o).expect("plan");
+        assert!(p.steps.contains(&Step::CreatePod { id: 2, key_secret: secret_name(2, 1) }), "{p:?}");
+    }
+
+    #[test]
+    fn a_stranded_pod_with_a_volume_is_left_to_kubernetes() {
+        let c = cluster("{faultTolerance: 1, storage: {size: 1Gi}}");
+        let mut o = healthy_cluster(&c, 4, 2);
+        let pod = o.pods.get_mut(&2).expect("pod");
+        (pod.ready, pod.terminating, pod.stranded) = (false, true, true);
+        o.reports.remove(&2);
+        let p = plan(&c, &o).expect("plan");
+        assert!(p.steps.is_empty(), "{p:?}");
+        assert!(p.waiting.iter().any(|w| w.contains("stranded")), "{:?}", p.waiting);
+    }
+
+    #[test]
+    fn a_stranded_pod_of_a_removed_member_is_force_deleted() {
+        let c = cluster("faultTolerance: 1");
+        let mut o = healthy_cluster(&c, 4, 2);
+        o.pods.insert(9, PodView { id: 9, name: "ledger-9".into(), terminating: true, ..Default::default() });
+        assert!(!plan(&c, &o).expect("plan").steps.iter().any(|s| matches!(s, Step::ForceDeletePod { .. })));
+        o.pods.get_mut(&9).expect("pod").stranded = true;
+        let p = plan(&c, &o).expect("plan");
+        assert!(p.steps.contains(&Step::ForceDeletePod {
+            name: "ledger-9".into(),
+            why: "stranded on an unreachable node; not a member".into()
+        }));
     }
 
     #[test]
