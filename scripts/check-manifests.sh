@@ -473,13 +473,7 @@ else
   if ! k get crd "$CRD" >/dev/null 2>&1; then
     # Server dry-runs of ConsensusClusters need the CRD to exist.
     k apply --server-side -f "$CRD_SRC" >/dev/null && CLEANUP+=("'$KUBECTL_BIN' delete crd '$CRD' >/dev/null")
-    # Polled rather than `kubectl wait`: that fails at once ("accessor error") when
-    # it reads the CRD before the apiserver wrote any condition.
-    for _ in $(seq 120); do
-      [[ "$(k get crd "$CRD" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" == True ]] && break
-      sleep 0.5
-    done
-    [[ "$(k get crd "$CRD" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" == True ]] || { echo "CRD $CRD not Established after 60 s" >&2; exit 1; }
+    "$ROOT/scripts/wait-crd-established.sh" "$KUBECTL_BIN" "$CRD"
     echo "installed the CRD for the dry-runs (removed at the end)"
   fi
   if ! k get namespace pbft-system >/dev/null 2>&1; then

@@ -49,13 +49,7 @@ cleanup() {
 trap cleanup EXIT
 
 k apply --server-side --force-conflicts -f "$crd" >/dev/null
-# Polled rather than `kubectl wait`: that fails at once ("accessor error") when
-# it reads the CRD before the apiserver wrote any condition.
-for _ in $(seq 120); do
-  [[ "$(k get crd "$crd_name" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" == True ]] && break
-  sleep 0.5
-done
-[[ "$(k get crd "$crd_name" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" == True ]] || { echo "CRD $crd_name not Established after 60 s" >&2; exit 1; }
+"$here/../../scripts/wait-crd-established.sh" "$KUBECTL" "$crd_name"
 k create namespace "$ns" >/dev/null
 # The CRD's REST endpoint can lag Established by a moment.
 for _ in $(seq 1 30); do

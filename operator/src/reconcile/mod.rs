@@ -517,7 +517,15 @@ async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), ReconcileError>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    match api.delete(name, &DeleteParams::default()).await {
+    delete_with(api, name, &DeleteParams::default()).await
+}
+
+/// Deletes `name` with `params`; an object already gone is no error.
+async fn delete_with<K>(api: &Api<K>, name: &str, params: &DeleteParams) -> Result<(), ReconcileError>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, params).await {
         Ok(_) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(kube_err(format!("deleting {name}"))(e)),
@@ -665,11 +673,8 @@ async fn act(
         Step::ForceDeletePod { name, why } => {
             // Grace period 0 removes the object without the kubelet's word; the
             // process, if its node still runs it, holds a key no member accepts.
-            match apis.pods.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await {
-                Ok(_) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(kube_err(format!("force-deleting pod {name}"))(e)),
-            }
+            delete_with(&apis.pods, &name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+                .await?;
             publish(ctx, cc, EventType::Warning, "PodForceDeleted", "ForceDeletePod", format!("pod {name}: {why}"))
                 .await;
         }

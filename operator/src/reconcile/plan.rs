@@ -17,7 +17,7 @@
 
 use std::collections::BTreeSet;
 
-use super::model::{quorum, ChangeReason, Committed, Member, Observed, PendingChange};
+use super::model::{quorum, ChangeReason, Committed, Member, Observed, PendingChange, PodView};
 use crate::build::{key_fingerprint, pod, BuildError};
 use crate::crd::QuarantineMode;
 use crate::validate::ValidatedCluster;
@@ -144,6 +144,21 @@ pub fn primary(committed: &Committed, o: &Observed) -> Option<(u64, u32)> {
     views.into_iter().max_by_key(|((view, _), n)| (*n, *view)).map(|(v, _)| v)
 }
 
+/// How a pod that must go is removed: deleted (once), or force-deleted when it
+/// is stranded; `why` and `why_stranded` say why for each.
+fn retire_pod(pod: &PodView, why: &str, why_stranded: &str) -> Option<Step> {
+    if pod.stranded {
+        Some(Step::ForceDeletePod {
+            name: pod.name.clone(),
+            why: format!("stranded on an unreachable node; {why_stranded}"),
+        })
+    } else if !pod.terminating {
+        Some(Step::DeletePod { name: pod.name.clone(), why: why.into() })
+    } else {
+        None
+    }
+}
+
 /// Decides the next steps for `cluster` from `o`.
 pub fn plan(cluster: &ValidatedCluster, o: &Observed) -> Result<Plan, BuildError> {
     let mut p = Plan::default();
@@ -172,14 +187,7 @@ pub fn plan(cluster: &ValidatedCluster, o: &Observed) -> Result<Plan, BuildError
         let secret = o.secret_of_key(&m.public_key);
         match (o.pods.get(&m.id), secret) {
             (Some(pod), Some(s)) if pod.key_secret.as_deref() != Some(s.name.as_str()) => {
-                if pod.stranded {
-                    p.steps.push(Step::ForceDeletePod {
-                        name: pod.name.clone(),
-                        why: "stranded on an unreachable node; its key is retired".into(),
-                    });
-                } else if !pod.terminating {
-                    p.steps.push(Step::DeletePod { name: pod.name.clone(), why: "runs a retired key".into() });
-                }
+                p.steps.extend(retire_pod(pod, "runs a retired key", "its key is retired"))
             }
             (Some(pod), _) if pod.stranded && !storage => lost.push((m.id, ChangeReason::NodeLost)),
             (Some(pod), _) if pod.stranded => p.waiting.push(format!(
@@ -204,16 +212,8 @@ pub fn plan(cluster: &ValidatedCluster, o: &Observed) -> Result<Plan, BuildError
     }
     // Pods and volumes of members no longer in the membership.
     for pod in o.pods.values() {
-        if committed.contains(pod.id) {
-            continue;
-        }
-        if pod.stranded {
-            p.steps.push(Step::ForceDeletePod {
-                name: pod.name.clone(),
-                why: "stranded on an unreachable node; not a member".into(),
-            });
-        } else if !pod.terminating {
-            p.steps.push(Step::DeletePod { name: pod.name.clone(), why: "not a member".into() });
+        if !committed.contains(pod.id) {
+            p.steps.extend(retire_pod(pod, "not a member", "not a member"));
         }
     }
     // Key Secrets nobody needs: not a committed member's key nor the pending change's.
@@ -347,7 +347,7 @@ pub fn plan(cluster: &ValidatedCluster, o: &Observed) -> Result<Plan, BuildError
 mod tests {
     use super::*;
     use crate::build::test_support::cluster;
-    use crate::reconcile::model::{KeySecret, PodView, Report};
+    use crate::reconcile::model::{KeySecret, Report};
 
     fn key(id: u32, generation: u8) -> String {
         format!("{:02x}", id as u8 * 16 + generation).repeat(32)
