@@ -10,15 +10,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams};
-use prost::Message as _;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
-use pbft::core::client::ClientCore;
-use pbft::crypto::{verify, Keypair, MESSAGE_DOMAIN};
+use pbft::core::client::{open_reply, ClientCore};
+use pbft::crypto::Keypair;
 use pbft::kvclient::{Endpoints, KvClient};
 use pbft::membership::Membership;
-use pbft::proto::{message::Body, operation::Kind, Envelope, Get, Message, Operation};
+use pbft::proto::{operation::Kind, Get, Operation};
 use pbft::server::membership_file::MembershipFile;
 use pbft::server::rpc::{
     admin_client::AdminClient, client_client::ClientClient, StatusReply, StatusRequest, SubmitRequest,
@@ -225,14 +224,11 @@ impl Topology {
             .map_err(|s| Error::Other(format!("{}: {:?}: {}", r.pod, s.code(), s.message())))?
             .into_inner();
         let bad = |why: &str| Error::Check(format!("{}: reply {why}", r.pod));
-        let env = Envelope::decode(reply.envelope.as_ref()).map_err(|_| bad("does not decode"))?;
-        let msg = Message::decode(env.payload.as_ref()).map_err(|_| bad("does not decode"))?;
-        if msg.sender != id {
-            return Err(bad(&format!("claims to come from member {}", msg.sender)));
-        }
-        let key = self.membership.key(id).ok_or_else(|| bad("from a non-member"))?;
-        verify(key, MESSAGE_DOMAIN, &env.payload, &env.signature).map_err(|_| bad("signature does not verify"))?;
-        let Some(Body::Reply(reply)) = msg.body else { return Err(bad("is not a reply")) };
+        let reply = match open_reply(&self.membership, &reply.reply, |sender, _| Ok(sender == id)) {
+            Ok(Some((_, reply))) => reply,
+            Ok(None) => return Err(bad(&format!("is not signed by member {id}"))),
+            Err(e) => return Err(bad(&e.to_string())),
+        };
         let result = reply.result.unwrap_or_default();
         match pbft::proto::op_result::Status::try_from(result.status) {
             Ok(pbft::proto::op_result::Status::Ok) => Ok(result.value.map(|v| v.to_vec())),

@@ -180,7 +180,7 @@ impl KvClient {
                 let Ok((id, res)) = joined else { continue };
                 match res {
                     Ok(reply) => {
-                        if let Ok(Some(done)) = self.core.on_reply(&reply.into_inner().envelope) {
+                        if let Ok(Some(done)) = self.core.on_reply(&reply.into_inner().reply) {
                             set.abort_all();
                             return Ok(done.result);
                         }

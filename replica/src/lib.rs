@@ -8,6 +8,7 @@ pub mod core;
 pub mod crypto;
 pub mod kvclient;
 pub mod membership;
+pub mod merkle;
 pub mod proto;
 pub mod server;
 pub mod sim;

@@ -9,7 +9,8 @@ use prost::Message as _;
 
 use crate::crypto::{verify, Keypair, MESSAGE_DOMAIN};
 use crate::membership::{Membership, ReplicaId};
-use crate::proto::{message::Body, Envelope, Message, OpResult, Operation, RequestBody};
+use crate::merkle;
+use crate::proto::{message::Body, Message, OpResult, Operation, Reply, RequestBody, SignedReply};
 
 /// A request that completed with f+1 matching replies.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +32,39 @@ pub enum ReplyError {
     BadSignature,
     #[error("reply is not for the outstanding request")]
     NotOutstanding,
+    #[error("reply does not belong to the signed batch of replies")]
+    NotInBatch,
+}
+
+/// Opens a replica's reply (an encoded [`SignedReply`]) against `membership`:
+/// decodes it, asks `wanted(sender, reply)` whether to go on (an error
+/// refuses the reply, `false` skips it; both before any signature work),
+/// checks that the reply is a leaf of the signed root and that the root's
+/// signature verifies. Returns the sender and the reply, or `None` when skipped.
+pub fn open_reply(
+    membership: &Membership,
+    signed: &[u8],
+    wanted: impl FnOnce(ReplicaId, &Reply) -> Result<bool, ReplyError>,
+) -> Result<Option<(ReplicaId, Reply)>, ReplyError> {
+    let signed = SignedReply::decode(signed).map_err(|_| ReplyError::Malformed)?;
+    let root_env = signed.root.ok_or(ReplyError::Malformed)?;
+    let msg = Message::decode(root_env.payload.as_ref()).map_err(|_| ReplyError::Malformed)?;
+    let Some(Body::ReplyRoot(root)) = msg.body else { return Err(ReplyError::Malformed) };
+    let reply = Reply::decode(signed.reply.as_ref()).map_err(|_| ReplyError::Malformed)?;
+    if msg.epoch != membership.epoch() {
+        return Err(ReplyError::UnknownSender);
+    }
+    let key = membership.key(msg.sender).ok_or(ReplyError::UnknownSender)?;
+    if !wanted(msg.sender, &reply)? {
+        return Ok(None);
+    }
+    let leaf = merkle::leaf_hash(&signed.reply);
+    let reached = merkle::root_from_path(&leaf, signed.index, root.leaves, &signed.path);
+    if reached.is_none_or(|r| r.as_slice() != root.root.as_ref()) {
+        return Err(ReplyError::NotInBatch);
+    }
+    verify(key, MESSAGE_DOMAIN, &root_env.payload, &root_env.signature).map_err(|_| ReplyError::BadSignature)?;
+    Ok(Some((msg.sender, reply)))
 }
 
 struct Outstanding {
@@ -93,25 +127,19 @@ impl ClientCore {
         self.outstanding = None;
     }
 
-    /// Takes one reply; returns the result once f+1 replicas agree.
-    pub fn on_reply(&mut self, envelope: &[u8]) -> Result<Option<Completed>, ReplyError> {
-        let env = Envelope::decode(envelope).map_err(|_| ReplyError::Malformed)?;
-        let msg = Message::decode(env.payload.as_ref()).map_err(|_| ReplyError::Malformed)?;
-        let Some(Body::Reply(reply)) = msg.body else { return Err(ReplyError::Malformed) };
-        if msg.epoch != self.membership.epoch() {
-            return Err(ReplyError::UnknownSender);
-        }
-        let key = self.membership.key(msg.sender).ok_or(ReplyError::UnknownSender)?;
+    /// Takes one reply (an encoded [`SignedReply`]); returns the result once f+1 replicas agree.
+    pub fn on_reply(&mut self, signed: &[u8]) -> Result<Option<Completed>, ReplyError> {
         let Some(o) = &mut self.outstanding else { return Err(ReplyError::NotOutstanding) };
-        if reply.timestamp != o.timestamp || reply.client.as_ref() != self.key.public_bytes() {
-            return Err(ReplyError::NotOutstanding);
-        }
-        if o.replies.contains_key(&msg.sender) {
-            return Ok(None); // this replica already answered (verified); a resend adds nothing
-        }
-        verify(key, MESSAGE_DOMAIN, &env.payload, &env.signature).map_err(|_| ReplyError::BadSignature)?;
+        let opened = open_reply(&self.membership, signed, |sender, reply| {
+            if reply.timestamp != o.timestamp || reply.client.as_ref() != self.key.public_bytes() {
+                return Err(ReplyError::NotOutstanding);
+            }
+            // A replica that already answered (verified) adds nothing by resending.
+            Ok(!o.replies.contains_key(&sender))
+        })?;
+        let Some((sender, reply)) = opened else { return Ok(None) };
         let result = reply.result.unwrap_or_default();
-        o.replies.insert(msg.sender, (result.clone(), reply.view));
+        o.replies.insert(sender, (result.clone(), reply.view));
         let matching: Vec<u64> = o.replies.values().filter(|(r, _)| *r == result).map(|(_, v)| *v).collect();
         if matching.len() >= self.membership.weak_quorum() {
             let view = matching.into_iter().max().unwrap_or(0);

@@ -32,6 +32,7 @@ pub mod client;
 pub mod evidence;
 pub mod ledger;
 mod ordering;
+mod replies;
 mod requests;
 mod suspicion;
 pub mod view_change;
@@ -315,8 +316,9 @@ pub enum Action {
     Send { to: ReplicaId, envelope: Bytes },
     /// Send an encoded envelope to every other member.
     Broadcast { envelope: Bytes },
-    /// Deliver a signed reply (an encoded envelope carrying a [`Reply`]) to a client.
-    Reply { client: Bytes, timestamp: u64, envelope: Bytes },
+    /// Deliver a reply to a client: an encoded [`crate::proto::SignedReply`]
+    /// (the reply, its path in the batch's reply tree, the signed root).
+    Reply { client: Bytes, timestamp: u64, reply: Bytes },
     /// Tell a client its request was refused.
     Reject { client: Bytes, timestamp: u64, reason: Rejection },
     /// Make a record durable before carrying out later actions.

@@ -164,7 +164,7 @@ impl Replica {
             }
             Body::Forward(_) => self.active && self.membership.primary(self.view) == self.cfg.id,
             Body::StateRequest(_) | Body::StateResponse(_) => true,
-            Body::Reply(_) => false,
+            Body::ReplyRoot(_) => false,
         };
         if !fresh {
             self.counters.dropped_out_of_window += 1;
@@ -241,7 +241,7 @@ impl Replica {
             Some(Body::StateResponse(s)) => self.on_state_response(sender, s),
             Some(Body::Suspect(s)) => self.on_suspect(sender, s),
             Some(Body::Forward(f)) => self.on_forward(f),
-            Some(Body::Reply(_)) | None => {}
+            Some(Body::ReplyRoot(_)) | None => {}
         }
     }
 
@@ -531,6 +531,7 @@ impl Replica {
     /// after a restart (no replies, no messages).
     pub(super) fn execute_batch(&mut self, seq: u64, view: u64, digest: Digest, requests: &[Bytes], live: bool) {
         let mut executed = Vec::with_capacity(requests.len());
+        let mut replies = Vec::with_capacity(if live { requests.len() } else { 0 });
         for r in requests {
             let Ok((_, body)) = decode_request(r) else { continue };
             if live {
@@ -552,8 +553,7 @@ impl Replica {
                 .clients
                 .insert(body.client.clone(), ClientRecord { timestamp: body.timestamp, result: result.clone() });
             if live {
-                let envelope = self.reply_envelope(&body.client, body.timestamp, result.clone());
-                self.out.push(Action::Reply { client: body.client.clone(), timestamp: body.timestamp, envelope });
+                replies.push((body.client.clone(), body.timestamp, result.clone()));
             }
             executed.push(ExecutedRequest {
                 client: body.client,
@@ -562,6 +562,7 @@ impl Replica {
                 result,
             });
         }
+        self.send_replies(seq, replies);
         self.state.seq = seq;
         self.out.push(Action::Executed { seq, view, digest, requests: executed });
         if seq % self.cfg.checkpoint_interval == 0 {
@@ -603,14 +604,5 @@ impl Replica {
             }
             _ => self.state.kv.apply(op),
         }
-    }
-
-    pub(super) fn reply_envelope(&self, client: &Bytes, timestamp: u64, result: OpResult) -> Bytes {
-        let msg = Message {
-            epoch: self.membership.epoch(),
-            sender: self.cfg.id,
-            body: Some(Body::Reply(Reply { view: self.view, client: client.clone(), timestamp, result: Some(result) })),
-        };
-        encode_env(&self.key.seal(&msg))
     }
 }

@@ -35,8 +35,8 @@ impl Replica {
             }
             if body.timestamp == rec.timestamp {
                 // Already executed: send the same reply again.
-                let envelope = self.reply_envelope(&body.client, rec.timestamp, rec.result.clone());
-                self.out.push(Action::Reply { client: body.client.clone(), timestamp: body.timestamp, envelope });
+                let again = (body.client.clone(), rec.timestamp, rec.result.clone());
+                self.send_replies(0, vec![again]);
                 return;
             }
         }

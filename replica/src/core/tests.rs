@@ -81,7 +81,7 @@ impl Net {
                         }
                     }
                 }
-                Action::Reply { envelope, .. } => self.replies.push((from, envelope)),
+                Action::Reply { reply, .. } => self.replies.push((from, reply)),
                 Action::Reject { reason, .. } => self.rejects.push(reason),
                 Action::Evidence(e) => self.evidence.push(e),
                 Action::Executed { seq, .. } => self.executed.push((from, seq)),
@@ -170,6 +170,58 @@ fn a_request_executes_everywhere_and_the_client_gets_f_plus_one_replies() {
     net.client_request(&req);
     assert!(net.replicas.iter().all(|r| r.last_executed() == 1));
     assert_eq!(net.replies.len(), N as usize);
+}
+
+#[test]
+fn a_batch_s_replies_share_one_signed_root_and_a_tampered_reply_is_refused() {
+    use crate::core::client::ReplyError;
+    use crate::proto::SignedReply;
+    let mut net = Net::new();
+    let mut clients: Vec<ClientCore> =
+        (0..5).map(|i| ClientCore::new(Keypair::from_secret([60 + i; 32]), membership(), 0)).collect();
+    let reqs: Vec<Bytes> = clients.iter_mut().enumerate().map(|(i, c)| c.submit(put(&format!("k{i}"), "v"))).collect();
+    for i in 0..N {
+        net.step(i, Event::Clients(reqs.clone()));
+    }
+    net.run();
+    assert!(net.replicas.iter().all(|r| r.last_executed() == 1), "the five requests are one batch");
+    let of_replica_0: Vec<SignedReply> = net
+        .replies
+        .iter()
+        .filter(|(from, _)| *from == 0)
+        .map(|(_, r)| SignedReply::decode(r.as_ref()).unwrap())
+        .collect();
+    assert_eq!(of_replica_0.len(), 5);
+    assert!(of_replica_0.iter().all(|r| r.root == of_replica_0[0].root), "one signature for the batch");
+    for c in &mut clients {
+        assert_eq!(complete(c, &net).expect("f+1 matching replies").result.status, 0);
+    }
+    // Another client's reply, a changed result, a wrong place in the tree: refused before counting.
+    let mut c = ClientCore::new(Keypair::from_secret([70; 32]), membership(), 0);
+    let _ = c.submit(put("x", "y"));
+    assert_eq!(c.on_reply(&net.replies[0].1), Err(ReplyError::NotOutstanding));
+    let mut clients: Vec<ClientCore> =
+        (0..5).map(|i| ClientCore::new(Keypair::from_secret([60 + i; 32]), membership(), 0)).collect();
+    let _ = clients[1].submit(put("k1", "v"));
+    let genuine = of_replica_0
+        .iter()
+        .find(|r| Reply::decode(r.reply.as_ref()).unwrap().client.as_ref() == clients[1].id())
+        .unwrap();
+    let mut changed = genuine.clone();
+    let mut reply = Reply::decode(changed.reply.as_ref()).unwrap();
+    reply.result = Some(crate::state::ok(Some(Bytes::from_static(b"forged"))));
+    changed.reply = reply.encode_to_vec().into();
+    assert_eq!(clients[1].on_reply(&changed.encode_to_vec()), Err(ReplyError::NotInBatch));
+    let mut moved = genuine.clone();
+    moved.index = (moved.index + 1) % 5;
+    assert_eq!(clients[1].on_reply(&moved.encode_to_vec()), Err(ReplyError::NotInBatch));
+    let mut resigned = genuine.clone();
+    let mut sig = resigned.root.clone().unwrap();
+    sig.signature = Bytes::from(vec![7u8; 64]);
+    resigned.root = Some(sig);
+    assert_eq!(clients[1].on_reply(&resigned.encode_to_vec()), Err(ReplyError::BadSignature));
+    assert_eq!(clients[1].on_reply(b"garbage"), Err(ReplyError::Malformed));
+    assert_eq!(clients[1].on_reply(&genuine.encode_to_vec()), Ok(None), "one genuine reply is not f+1");
 }
 
 #[test]

@@ -265,7 +265,7 @@ impl Client for ClientSvc {
             return Err(exhausted("replica input queue full"));
         }
         match tokio::time::timeout(CLIENT_WAIT, orx).await {
-            Ok(Ok(Ok(envelope))) => Ok(Response::new(SubmitReply { envelope })),
+            Ok(Ok(Ok(reply))) => Ok(Response::new(SubmitReply { reply })),
             Ok(Ok(Err(status))) => Err(status),
             Ok(Err(_)) => Err(Status::unavailable("replica stopped")),
             Err(_) => Err(Status::deadline_exceeded("no reply within 10 s (view change or overload); retry")),
@@ -623,11 +623,11 @@ impl Driver {
                 self.fault_extra(&envelope);
                 self.broadcast(envelope)
             }
-            Action::Reply { client, timestamp, envelope } => {
+            Action::Reply { client, timestamp, reply } => {
                 if let Some(ws) = self.waiters.remove(&(client, timestamp)) {
                     for w in ws {
                         m.commit_latency.observe(w.arrived.elapsed().as_secs_f64());
-                        let _ = w.tx.send(Ok(envelope.clone()));
+                        let _ = w.tx.send(Ok(reply.clone()));
                     }
                 }
             }

@@ -456,9 +456,9 @@ impl Sim {
                         self.deliver(Node::Replica(id), Node::Replica(p), Payload::Peer(envelope.clone()));
                     }
                 }
-                Action::Reply { client, envelope, .. } => {
+                Action::Reply { client, reply, .. } => {
                     if let Some(c) = self.client_index.get(&client).copied() {
-                        self.deliver(Node::Replica(id), Node::Client(c), Payload::Reply(envelope));
+                        self.deliver(Node::Replica(id), Node::Client(c), Payload::Reply(reply));
                     }
                 }
                 Action::Reject { client, .. } => {
@@ -1009,7 +1009,7 @@ fn describe_message(b: &Bytes) -> String {
         ),
         Some(Body::StateRequest(r)) => format!("state-request from s{}", r.min_seq),
         Some(Body::StateResponse(r)) => format!("state-response ({} bytes)", r.snapshot.len()),
-        Some(Body::Reply(_)) => "reply".into(),
+        Some(Body::ReplyRoot(r)) => format!("reply-root s{} ({} replies)", r.seq, r.leaves),
         Some(Body::Suspect(s)) => format!("suspect v{}", s.view),
         Some(Body::Forward(f)) => format!("forward ({} requests)", f.requests.len()),
         None => "empty".into(),
