@@ -420,7 +420,8 @@ pub struct SignatureCounts {
     pub client_signs: f64,
     /// The client checks f+1 matching replies.
     pub client_verifies: f64,
-    /// Replicas sign a reply each, plus their share of the per-batch messages.
+    /// Replicas' share of the per-batch messages (replies included: one
+    /// signed reply root per replica and batch).
     pub replica_signs: f64,
     /// Replicas check the client's signature once each (the verified-signature
     /// cache spares backups a second check when the request comes again in a batch).
@@ -436,8 +437,9 @@ impl SignatureCounts {
         let f = ((n.max(1) - 1) / 3) as f64;
         let b = batch.max(1.0);
         let k = checkpoint_interval.max(1) as f64;
-        // Per batch: one pre-prepare, n-1 prepares, n commits; per K batches n checkpoint votes.
-        let per_batch_signs = 1.0 + (nf - 1.0) + nf + nf / k;
+        // Per batch: one pre-prepare, n-1 prepares, n commits, n reply roots;
+        // per K batches n checkpoint votes.
+        let per_batch_signs = 1.0 + (nf - 1.0) + nf + nf + nf / k;
         // Each is checked by every replica that receives it: the pre-prepare by n-1
         // backups, each backup's prepare and everyone's commit by the n-1 others.
         let per_batch_verifies = (nf - 1.0) + (nf - 1.0) * (nf - 1.0) + nf * (nf - 1.0) + nf * (nf - 1.0) / k;
@@ -447,7 +449,7 @@ impl SignatureCounts {
             checkpoint_interval,
             client_signs: 1.0,
             client_verifies: f + 1.0,
-            replica_signs: nf + per_batch_signs / b,
+            replica_signs: per_batch_signs / b,
             request_verifies: nf,
             message_verifies: per_batch_verifies / b,
         }
@@ -609,15 +611,16 @@ mod tests {
     #[test]
     fn signature_counts_at_n4() {
         // n=4, one request per batch, no checkpoints counted (K huge): signs = client 1 +
-        // replies 4 + pre-prepare 1 + prepares 3 + commits 4.
+        // reply roots 4 + pre-prepare 1 + prepares 3 + commits 4.
         let c = SignatureCounts::per_request(4, 1.0, u64::MAX);
         assert!((c.client_signs + c.replica_signs - 13.0).abs() < 1e-6, "{c:?}");
         // Verifies: pre-prepare 3, prepares 3*3, commits 4*3.
         assert!((c.message_verifies - 24.0).abs() < 1e-6, "{c:?}");
         assert_eq!((c.client_verifies, c.request_verifies), (2.0, 4.0));
-        // Large batches leave the per-request part: client 1 + 4 replies signed.
+        // Large batches leave the per-request part: the client's signature alone
+        // (replies are signed once per batch).
         let big = SignatureCounts::per_request(4, 1e9, u64::MAX);
-        assert!((big.client_signs + big.replica_signs - 5.0).abs() < 1e-6);
+        assert!((big.client_signs + big.replica_signs - 1.0).abs() < 1e-6);
     }
 
     #[test]

@@ -508,8 +508,7 @@ pub fn markdown(r: &RunResults, json: &Path, svg: &str) -> String {
         "\nSignatures per request, as `pbft::bench::SignatureCounts` counts them (n replicas, f = (n-1)/3, b requests per batch, a checkpoint every 64 sequence numbers):\n\n\
          - the client signs its request (1) and verifies replies until f+1 match (f+1);\n\
          - every replica verifies the request once (n; the verified-signature cache spares a backup a second check when the request comes again inside a PRE-PREPARE);\n\
-         - every replica signs its reply (n);\n\
-         - per batch: PRE-PREPARE 1 sign + (n-1) verifies, PREPARE (n-1) signs + (n-1)² verifies, COMMIT n signs + n(n-1) verifies (protocol messages are batch-verified, priced at the batch-of-8 or batch-of-64 cost);\n\
+         - per batch: PRE-PREPARE 1 sign + (n-1) verifies, PREPARE (n-1) signs + (n-1)² verifies, COMMIT n signs + n(n-1) verifies, replies n signs (each replica signs the root of a Merkle tree over the batch's replies once) (protocol messages are batch-verified, priced at the batch-of-8 or batch-of-64 cost);\n\
          - per checkpoint: n signs + n(n-1) verifies.\n\n\
          Ceiling = cores × 10⁶ / (crypto µs per request): the most puts/s this machine could commit if signatures were the only cost, \
          with the replicas' work alone and with the client's signing and reply checks on the same cores (as in this run; the ratios use this one). \
