@@ -181,7 +181,7 @@ impl Topology {
                 replicas.push((id, addr.clone(), lazy_channel(&addr)?));
             }
         }
-        Ok(Endpoints { membership: self.membership.clone(), replicas })
+        Ok(Endpoints::members(self.membership.clone(), replicas))
     }
 
     /// A client with a fresh identity that gives up on one operation after `timeout`.

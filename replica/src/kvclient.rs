@@ -37,9 +37,18 @@ pub enum ClientError {
 pub struct Endpoints {
     pub membership: Membership,
     pub replicas: Vec<(u32, String, Channel)>,
+    /// Whether each entry is one member (its id is the member id), so that a
+    /// request can go to the likely primary and the next f members first;
+    /// false for connections through one balanced address ([`Endpoints::through`]).
+    pub by_member: bool,
 }
 
 impl Endpoints {
+    /// One entry per member: (member id, address, channel).
+    pub fn members(membership: Membership, replicas: Vec<(u32, String, Channel)>) -> Endpoints {
+        Endpoints { membership, replicas, by_member: true }
+    }
+
     /// From a membership file; `overrides` (id -> host:port) replace the file's addresses.
     pub fn from_file(path: &std::path::Path, overrides: &[(u32, String)]) -> Result<Endpoints, ClientError> {
         let file = MembershipFile::read(path)?;
@@ -54,7 +63,7 @@ impl Endpoints {
                 .connect_lazy();
             replicas.push((m.id, addr, ch));
         }
-        Ok(Endpoints { membership, replicas })
+        Ok(Endpoints::members(membership, replicas))
     }
 
     /// Every request through one address that load-balances connections
@@ -74,7 +83,7 @@ impl Endpoints {
                 .connect_lazy();
             replicas.push((i as u32, addr.to_string(), ch));
         }
-        Ok(Endpoints { membership, replicas })
+        Ok(Endpoints { membership, replicas, by_member: false })
     }
 
     /// Every replica's status (or the error reaching it).
@@ -104,7 +113,17 @@ pub struct KvClient {
     endpoints: Endpoints,
     /// Give up after this long.
     pub timeout: Duration,
+    /// The newest view f+1 replies reported: its primary is asked first.
+    view: u64,
+    /// Smoothed time to f+1 matching replies, which paces the first try.
+    latency: Option<Duration>,
 }
+
+/// The first try waits this many smoothed latencies for f+1 replies before
+/// sending the request to the other members too, ...
+const FIRST_TRY_LATENCIES: u32 = 4;
+/// ... but at least and at most this long.
+const FIRST_TRY_BOUNDS: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(500));
 
 impl KvClient {
     /// A client with a fresh random identity.
@@ -124,6 +143,8 @@ impl KvClient {
             core: ClientCore::new(key, endpoints.membership.clone(), now),
             endpoints,
             timeout: Duration::from_secs(30),
+            view: 0,
+            latency: None,
         }
     }
 
@@ -153,19 +174,50 @@ impl KvClient {
         .await
     }
 
+    /// The entries a request goes to first: as Castro and Liskov's client
+    /// sends to the primary alone, this one sends to the primary of the
+    /// newest view it knows and the next f members in primary order (f+1
+    /// replies are needed, and if the primary is gone its successor has the
+    /// request). Each other replica learns the request from the PRE-PREPARE.
+    /// Everyone when the entries name no members or a chosen one has no entry.
+    fn first_targets(&self) -> Vec<usize> {
+        let all: Vec<usize> = (0..self.endpoints.replicas.len()).collect();
+        let m = &self.endpoints.membership;
+        if !self.endpoints.by_member || m.weak_quorum() >= m.n() {
+            return all;
+        }
+        let chosen: Option<Vec<usize>> = (0..m.weak_quorum() as u64)
+            .map(|i| {
+                let id = m.primary(self.view + i);
+                self.endpoints.replicas.iter().position(|(e, _, _)| *e == id)
+            })
+            .collect();
+        chosen.unwrap_or(all)
+    }
+
+    fn first_try_wait(&self) -> Duration {
+        let (lo, hi) = FIRST_TRY_BOUNDS;
+        self.latency.map_or(hi, |l| (l * FIRST_TRY_LATENCIES).clamp(lo, hi))
+    }
+
     /// Orders one operation and returns its result once f+1 replicas agree.
+    /// The first try goes to f+1 members ([`Self::first_targets`]); when they
+    /// do not answer alike within a few usual latencies, or one fails, the
+    /// request goes to every replica, and tries repeat with backoff.
     pub async fn execute(&mut self, kind: Kind) -> Result<OpResult, ClientError> {
         let request = self.core.submit(Operation { kind: Some(kind) });
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
         let mut last = String::from("none");
         let f1 = self.endpoints.membership.weak_quorum();
+        let mut targets = self.first_targets();
         loop {
             let per_call = Duration::from_secs(3)
                 .min(self.timeout.saturating_sub(started.elapsed()))
                 .max(Duration::from_millis(100));
             let mut set = JoinSet::new();
-            for (id, _, ch) in self.endpoints.replicas.clone() {
+            let call = |set: &mut JoinSet<_>, i: usize| {
+                let (id, _, ch) = self.endpoints.replicas[i].clone();
                 let request = request.clone();
                 set.spawn(async move {
                     let mut c = ClientClient::new(ch).max_decoding_message_size(1 << 20);
@@ -173,18 +225,43 @@ impl KvClient {
                     req.set_timeout(per_call);
                     (id, c.submit(req).await)
                 });
+            };
+            for &i in &targets {
+                call(&mut set, i);
             }
+            let mut others: Vec<usize> = (0..self.endpoints.replicas.len()).filter(|i| !targets.contains(i)).collect();
+            let widen = tokio::time::sleep(self.first_try_wait());
+            tokio::pin!(widen);
             let mut invalid = vec![];
             let mut exhausted_hint = None;
-            while let Some(joined) = set.join_next().await {
+            loop {
+                let joined = tokio::select! {
+                    j = set.join_next() => j,
+                    _ = &mut widen, if !others.is_empty() => None,
+                };
+                let Some(joined) = joined else {
+                    if others.is_empty() {
+                        break;
+                    }
+                    // The first try's wait is over, or all of its calls answered without f+1 alike.
+                    for i in others.drain(..) {
+                        call(&mut set, i);
+                    }
+                    continue;
+                };
                 let Ok((id, res)) = joined else { continue };
                 match res {
-                    Ok(reply) => {
-                        if let Ok(Some(done)) = self.core.on_reply(&reply.into_inner().reply) {
+                    Ok(reply) => match self.core.on_reply(&reply.into_inner().reply) {
+                        Ok(Some(done)) => {
                             set.abort_all();
+                            self.view = self.view.max(done.view);
+                            let took = started.elapsed();
+                            self.latency = Some(self.latency.map_or(took, |l| (l * 7 + took) / 8));
                             return Ok(done.result);
                         }
-                    }
+                        Ok(None) => continue, // counted; wait for the next
+                        Err(e) => last = format!("r{id}: reply refused: {e}"),
+                    },
                     Err(s) => {
                         last = format!("r{id}: {:?}: {}", s.code(), s.message());
                         match s.code() {
@@ -204,6 +281,10 @@ impl KvClient {
                         }
                     }
                 }
+                // A call of the first try failed or its reply was refused: ask everyone now.
+                for i in others.drain(..) {
+                    call(&mut set, i);
+                }
             }
             if invalid.len() >= f1 {
                 self.core.abandon();
@@ -213,8 +294,63 @@ impl KvClient {
                 self.core.abandon();
                 return Err(ClientError::Timeout { secs: started.elapsed().as_secs_f64(), last });
             }
+            targets = (0..self.endpoints.replicas.len()).collect();
             tokio::time::sleep(exhausted_hint.unwrap_or(backoff).max(backoff)).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Member, MembershipConfig};
+
+    fn membership(n: u32) -> Membership {
+        let key = |i: u32| Bytes::copy_from_slice(&Keypair::from_secret([i as u8 + 1; 32]).public_bytes());
+        Membership::new(MembershipConfig {
+            epoch: 0,
+            members: (0..n).map(|id| Member { id, public_key: key(id), address: String::new() }).collect(),
+            admin_key: key(99),
+        })
+        .unwrap()
+    }
+
+    fn entries(ids: &[u32]) -> Vec<(u32, String, Channel)> {
+        ids.iter()
+            .map(|&id| (id, format!("r{id}"), Endpoint::from_static("http://127.0.0.1:1").connect_lazy()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_first_try_goes_to_the_primary_and_its_f_successors() {
+        let mut c = KvClient::new(Endpoints::members(membership(7), entries(&[0, 1, 2, 3, 4, 5, 6])));
+        assert_eq!(c.first_targets(), vec![0, 1, 2], "view 0, f=2: members 0, 1, 2");
+        c.view = 5;
+        assert_eq!(c.first_targets(), vec![5, 6, 0], "view 5 wraps around the members");
+        // Entries in another order are found by member id.
+        let mut c = KvClient::new(Endpoints::members(membership(4), entries(&[3, 2, 1, 0])));
+        c.view = 1;
+        assert_eq!(c.first_targets(), vec![2, 1], "members 1 and 2 sit at entries 2 and 1");
+    }
+
+    #[tokio::test]
+    async fn everyone_at_once_when_entries_name_no_members_or_a_chosen_one_is_missing() {
+        let c = KvClient::new(Endpoints::members(membership(4), entries(&[0, 2, 3])));
+        assert_eq!(c.first_targets(), vec![0, 1, 2], "member 1 has no entry");
+        let through = Endpoints { by_member: false, ..Endpoints::members(membership(4), entries(&[0, 1, 2, 3])) };
+        assert_eq!(KvClient::new(through).first_targets(), vec![0, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn the_first_try_waits_a_few_smoothed_latencies_within_bounds() {
+        let mut c = KvClient::new(Endpoints::members(membership(4), entries(&[0, 1, 2, 3])));
+        assert_eq!(c.first_try_wait(), FIRST_TRY_BOUNDS.1, "no latency known yet");
+        c.latency = Some(Duration::from_millis(1));
+        assert_eq!(c.first_try_wait(), FIRST_TRY_BOUNDS.0);
+        c.latency = Some(Duration::from_millis(30));
+        assert_eq!(c.first_try_wait(), Duration::from_millis(120));
+        c.latency = Some(Duration::from_secs(2));
+        assert_eq!(c.first_try_wait(), FIRST_TRY_BOUNDS.1);
     }
 }

@@ -97,7 +97,7 @@ pub async fn submit_change(
             .connect_lazy();
         replicas.push((*id, u, ch));
     }
-    let mut client = KvClient::with_key(Endpoints { membership, replicas }, admin.clone());
+    let mut client = KvClient::with_key(Endpoints::members(membership, replicas), admin.clone());
     client.timeout = SUBMIT_TIMEOUT;
     let members = change
         .members
