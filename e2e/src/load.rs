@@ -81,6 +81,8 @@ pub struct Load {
 pub struct LoadResult {
     pub history: Vec<Record>,
     pub duration: Duration,
+    /// When the clients were told to stop (before the final reads).
+    pub stopped_at: Duration,
     /// Acknowledged puts to the unique keys, (key, value id).
     pub unique_acked: Vec<(String, u64)>,
 }
@@ -138,6 +140,7 @@ impl Load {
     /// Stops the clients (each finishes its operation in flight), then reads
     /// every shared key once more (part of the history) and returns it all.
     pub async fn stop(self) -> LoadResult {
+        let stopped_at = self.t0.elapsed();
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             let _ = t.await;
@@ -157,7 +160,7 @@ impl Load {
             .filter(|r| r.key.contains("-u-") && r.outcome == Outcome::Written)
             .filter_map(|r| Some((r.key.clone(), r.put?)))
             .collect();
-        LoadResult { history, duration: self.t0.elapsed(), unique_acked }
+        LoadResult { history, duration: self.t0.elapsed(), stopped_at, unique_acked }
     }
 }
 
@@ -305,8 +308,11 @@ impl LoadResult {
         t
     }
 
-    /// The longest time without any acknowledged operation within `[from, to]`.
+    /// The longest time without any acknowledged operation within `[from, to]`;
+    /// a window reaching past the moment the clients stopped ends there (the
+    /// idle time after the load is no gap).
     pub fn max_gap(&self, from: Duration, to: Duration) -> Duration {
+        let to = to.min(self.stopped_at);
         let mut last = from;
         let mut gap = Duration::ZERO;
         for t in self.ack_times().into_iter().filter(|t| *t >= from && *t <= to) {
@@ -339,5 +345,45 @@ impl LoadResult {
     /// The value id a unique key's value decodes to, for checking read-backs.
     pub fn decode(bytes: &[u8]) -> u64 {
         decode(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acked_at(secs: &[u64], outcome: Outcome) -> Vec<Record> {
+        secs.iter()
+            .map(|&s| Record {
+                client: 0,
+                key: "k".into(),
+                put: Some(1),
+                invoke: Duration::from_secs(s),
+                ret: Duration::from_secs(s),
+                outcome: outcome.clone(),
+                error: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_longest_gap_ends_where_the_clients_stopped() {
+        let mut history = acked_at(&[1, 2, 10, 11, 20], Outcome::Written);
+        // The final reads after the stop, and an unanswered call, are not acknowledgements inside the load.
+        history.extend(acked_at(&[50], Outcome::Read(Some(1))));
+        history.extend(acked_at(&[15], Outcome::Unknown));
+        let r = LoadResult {
+            history,
+            duration: Duration::from_secs(51),
+            stopped_at: Duration::from_secs(21),
+            unique_acked: vec![],
+        };
+        assert_eq!(r.max_gap(Duration::ZERO, Duration::from_secs(60)), Duration::from_secs(9), "2 -> 10 and 11 -> 20");
+        assert_eq!(r.max_gap(Duration::from_secs(10), Duration::from_secs(12)), Duration::from_secs(1));
+        assert_eq!(
+            r.max_gap(Duration::from_secs(12), Duration::from_secs(14)),
+            Duration::from_secs(2),
+            "no ack inside"
+        );
     }
 }
