@@ -694,7 +694,8 @@ const FAIRNESS: &str = "\
   counter in the value). It runs on the same cores as the system under test and its CPU is reported apart.
 - **Ours**: `pbft-replica` release build, n processes, each with its own data dir and write-ahead log (fsynced per group \
   commit, always on), default protocol settings. The client is `pbft::kvclient::KvClient`: it signs each request, sends it to \
-  every replica and waits for f+1 matching signed replies.
+  f+1 members (the primary it knows and the next f; to everyone after a few usual latencies without f+1 matching replies) \
+  and waits for f+1 matching signed replies; each replica signs one Merkle root over a batch's replies.
 - **etcd**: 3 members, etcd's defaults (fsync on, no auto-compaction), data under the work dir on the same disk. Puts through \
   gRPC `KV.Put`, clients spread over the members (followers forward to the leader). A put is acknowledged once the leader \
   has it committed by a majority — a crash-fault-tolerant baseline that signs nothing.
@@ -712,6 +713,6 @@ const FAIRNESS: &str = "\
   n=7) or a heavier client (ours: ed25519 per request and per reply) pays for it in the same cores; (2) the default kvstore \
   keeps its state in memory (its blocks and consensus WAL are on disk, so it is durable by replay), whereas our state machine \
   and etcd's bbolt are checkpointed/written to disk; (3) CometBFT's client talks to one validator and trusts it, ours talks to \
-  all and trusts f+1 — BFT at the client as well; (4) etcd is crash-tolerant only: it needs 3 members where BFT needs 4 for one \
+  f+1 and trusts f+1 matching replies — BFT at the client as well; (4) etcd is crash-tolerant only: it needs 3 members where BFT needs 4 for one \
   fault; (5) logging was lowered to warn/error on all three; (6) loopback has no network latency, which flatters the \
   protocols with more message rounds (PBFT: three phases; CometBFT: propose/prevote/precommit) less than a real network would.";
