@@ -16,6 +16,7 @@ use crate::build::MANAGED_BY;
 use crate::events::EventPublisher;
 use crate::leader::Election;
 use crate::metrics::Metrics;
+use crate::reconcile::evidence_watch::EvidenceWatch;
 use crate::reconcile::{error_policy, reconcile, Context};
 use crate::validate::OperatorDefaults;
 use crate::ConsensusCluster;
@@ -119,6 +120,8 @@ pub async fn run(mut s: RunSettings) -> Result<(), RunError> {
     }
 
     let reporter = Reporter { controller: "pbft-operator".into(), instance: Some(identity) };
+    let (evidence_watch, evidence_trigger) = EvidenceWatch::new();
+    tokio::spawn(evidence_watch.clone().run());
     let ctx = Arc::new(Context {
         client: client.clone(),
         defaults: OperatorDefaults {
@@ -127,6 +130,7 @@ pub async fn run(mut s: RunSettings) -> Result<(), RunError> {
         },
         events: EventPublisher::new(client.clone(), reporter),
         metrics: metrics.clone(),
+        evidence_watch,
     });
     fn api<K>(client: &kube::Client, ns: &Option<String>) -> Api<K>
     where
@@ -148,6 +152,7 @@ pub async fn run(mut s: RunSettings) -> Result<(), RunError> {
         .owns(api::<Service>(&client, &s.watch_namespace), owned.clone())
         .owns(api::<Secret>(&client, &s.watch_namespace), owned.clone())
         .owns(api::<PersistentVolumeClaim>(&client, &s.watch_namespace), owned)
+        .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(evidence_trigger))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {

@@ -7,6 +7,7 @@
 //! spec is reported once (status and an Event) and waits for a change.
 
 pub mod evidence;
+pub mod evidence_watch;
 pub mod model;
 pub mod plan;
 pub mod replicas;
@@ -22,6 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use rand_core::{OsRng, RngCore};
 use serde::Serialize;
@@ -92,6 +94,8 @@ pub struct Context {
     pub defaults: OperatorDefaults,
     pub events: EventPublisher,
     pub metrics: Arc<Metrics>,
+    /// Polls replicas for new evidence between reconciles.
+    pub evidence_watch: Arc<evidence_watch::EvidenceWatch>,
 }
 
 fn now() -> Time {
@@ -229,8 +233,13 @@ async fn reconcile_inner(cc: &ConsensusCluster, ctx: &Context) -> Result<Action,
     let mut records = previous_status.evidence.clone();
     // Evidence against a key already convicted of the same is not verified
     // again; evidence of the epoch being put in force waits for it.
-    let raw: Vec<(u32, Vec<u8>)> = observe_replicas(&mut observed)
-        .await
+    let reported = observe_replicas(&mut observed).await;
+    ctx.evidence_watch.observed(
+        ObjectRef::from_obj(cc),
+        observed.pods.values().filter(|p| !p.terminating).filter_map(|p| p.ip.clone()).collect(),
+        observed.reports.values().map(|r| r.evidence_count).sum(),
+    );
+    let raw: Vec<(u32, Vec<u8>)> = reported
         .into_iter()
         .filter(|(_, bytes)| !evidence::already_convicted(&records, bytes, &observed.history))
         .filter(|(reporter, bytes)| {

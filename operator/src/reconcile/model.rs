@@ -157,6 +157,8 @@ pub struct Report {
     pub epoch: u64,
     pub executed: u64,
     pub stable: u64,
+    /// Evidence records this replica has made so far (a counter).
+    pub evidence_count: u64,
     /// The membership the replica has in force.
     pub membership: Option<Committed>,
 }

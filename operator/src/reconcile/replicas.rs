@@ -19,6 +19,11 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a membership change may wait for f+1 replies.
 pub const SUBMIT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The admin API of the replica at `ip`.
+pub fn admin_url(ip: &str) -> String {
+    url(ip, ADMIN_PORT)
+}
+
 fn url(ip: &str, port: i32) -> String {
     if ip.contains(':') {
         format!("http://[{ip}]:{port}")
@@ -37,7 +42,7 @@ fn committed_of(reply: &StatusReply) -> Option<Committed> {
 
 /// The status of the replica at `ip` and the evidence it holds (encoded `pbft.v1.Evidence`).
 pub async fn observe(ip: &str) -> Result<(Report, Vec<Vec<u8>>), String> {
-    let channel = Endpoint::from_shared(url(ip, ADMIN_PORT))
+    let channel = Endpoint::from_shared(admin_url(ip))
         .map_err(|e| e.to_string())?
         .connect_timeout(ADMIN_TIMEOUT)
         .timeout(ADMIN_TIMEOUT)
@@ -70,6 +75,7 @@ pub async fn observe(ip: &str) -> Result<(Report, Vec<Vec<u8>>), String> {
         epoch: s.epoch,
         executed: s.executed_seq,
         stable: s.stable_seq,
+        evidence_count: s.evidence_count,
         membership: committed_of(&s),
     };
     Ok((report, evidence))
