@@ -261,17 +261,18 @@ pub async fn bad_input(ctx: &Ctx, s: &mut Scenario) -> Result<()> {
     write_through_service_read_everywhere(ctx, s, BASIC_NS, BASIC, "after-garbage").await
 }
 
-/// What the readiness sampler saw during scaling and the upgrade.
+/// What the readiness sampler saw (during scaling and the upgrade, or crashes).
 #[derive(Default, Debug)]
-struct OutSamples {
-    samples: usize,
+pub(super) struct OutSamples {
+    pub(super) samples: usize,
     /// Largest number of members of the membership in force without a ready pod, and f then.
-    worst: (usize, usize),
-    violations: Vec<String>,
+    pub(super) worst: (usize, usize),
+    /// The samples with more than f members without a ready pod.
+    pub(super) violations: Vec<String>,
 }
 
 /// Samples every 250 ms: members of the published membership whose pod is not ready.
-fn sample_out(
+pub(super) fn sample_out(
     ctx: &Ctx,
     ns: &str,
     name: &str,

@@ -2,6 +2,8 @@
 //! replica pod every few seconds for a minute while clients write and read.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
@@ -12,6 +14,7 @@ use pbft_e2e::report::{Error, Result, Scenario};
 use pbft_e2e::Ctx;
 
 use super::check_load;
+use super::cluster::sample_out;
 
 const NS: &str = "e2e-crash";
 const NAME: &str = "crash";
@@ -42,6 +45,8 @@ pub async fn crash(ctx: &Ctx, s: &mut Scenario) -> Result<()> {
     let load = Load::start(watcher.clone(), LoadSpec::light("crash"));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let chaos_start = load.now();
+    let stop_sampler = Arc::new(AtomicBool::new(false));
+    let (out, sampler) = sample_out(ctx, NS, NAME, stop_sampler.clone());
     let t = Instant::now();
     let mut deleted = vec![];
     while t.elapsed() < CHAOS {
@@ -58,8 +63,16 @@ pub async fn crash(ctx: &Ctx, s: &mut Scenario) -> Result<()> {
         tokio::time::sleep(EVERY).await;
     }
     let chaos_end = load.now();
+    stop_sampler.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
     s.log(format!("deleted (s since start, pod): {deleted:?}"));
     s.measure("pods_deleted", deleted.len(), "");
+    // Writes stop while more than f members are down (a pod deleted before the
+    // previous one is back): this is what explains a long write gap.
+    if let Ok(o) = out.lock() {
+        s.measure("samples_with_more_than_f_members_not_ready", format!("{}/{}", o.violations.len(), o.samples), "");
+        s.measure("most_members_not_ready", format!("{} (f={})", o.worst.0, o.worst.1), "");
+    }
     let (cc, back) = ctx.wait_available(NS, NAME, Duration::from_secs(300)).await?;
     s.measure_secs("available_again_after_chaos", back);
     tokio::time::sleep(Duration::from_secs(3)).await;
