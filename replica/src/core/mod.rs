@@ -57,6 +57,14 @@ use evidence::{make_evidence, vote_of, VoteSlot};
 use ledger::{Caps, Category, Charge, Ledger};
 use view_change::{batch_digest, ViewChangeInfo};
 
+/// Bytes one request adds to an encoded batch (`Batch.requests` is field 1:
+/// a one-byte key, the length as a varint, then the request). The primary
+/// counts these, not bare request sizes, so that a batch of many small
+/// requests stays within the limit its backups check.
+pub fn batch_entry_bytes(request_len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(request_len as u64) + request_len
+}
+
 /// Checkpoint interval K when none is configured.
 pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 64;
 
@@ -71,7 +79,7 @@ pub struct Config {
     pub watermark_window: u64,
     /// Most requests in one batch.
     pub max_batch_requests: usize,
-    /// Most bytes of requests in one batch.
+    /// Most bytes of one encoded batch (its requests and their framing).
     pub max_batch_bytes: usize,
     /// Most batches the primary keeps ordered but not yet executed (pipelining depth).
     pub max_inflight_batches: u64,
@@ -172,6 +180,15 @@ impl Config {
         self.max_batch_bytes = (per_peer_log / slots).min(1024 * 1024);
         self.max_request_bytes = (self.max_batch_bytes / 2).min(128 * 1024);
         self.caps = Caps { log: per_peer_log * n, certificates, pending, view_change, checkpoint, evidence };
+    }
+
+    /// Largest encoded batch this replica accepts from a primary: twice its
+    /// own limit. Replicas derive `max_batch_bytes` from their own memory
+    /// budget, so during a rolling resize a primary may legitimately batch
+    /// more than a backup would; the log ledger still bounds what the backup
+    /// holds from it.
+    pub fn max_followed_batch_bytes(&self) -> usize {
+        self.max_batch_bytes.saturating_mul(2)
     }
 
     /// Checks that the parameters are coherent for `membership`.

@@ -303,7 +303,7 @@ impl Replica {
             return;
         }
         let Some(batch) = p.batch else { return };
-        if batch_digest(&batch.requests) != digest || batch.encoded_len() > self.cfg.max_batch_bytes + 1024 {
+        if batch_digest(&batch.requests) != digest || batch.encoded_len() > self.cfg.max_followed_batch_bytes() {
             return;
         }
         if !self.batch_is_valid(&batch.requests) {

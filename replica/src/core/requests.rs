@@ -131,7 +131,8 @@ impl Replica {
                     self.pending_order.pop_front();
                     continue;
                 };
-                if requests.len() >= self.cfg.max_batch_requests || bytes + p.bytes.len() > self.cfg.max_batch_bytes {
+                let entry = batch_entry_bytes(p.bytes.len());
+                if requests.len() >= self.cfg.max_batch_requests || bytes + entry > self.cfg.max_batch_bytes {
                     break;
                 }
                 if self.state.clients.get(&p.client).is_some_and(|r| r.timestamp >= p.timestamp) {
@@ -139,7 +140,7 @@ impl Replica {
                     self.remove_pending(&d);
                     continue;
                 }
-                bytes += p.bytes.len();
+                bytes += entry;
                 has_membership |= is_membership_request(&p.bytes);
                 requests.push((d, p.bytes.clone()));
                 self.pending_order.pop_front();

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub batch_requests: Histogram,
     pub messages_received: Family<TypeLabel, Counter>,
     pub messages_dropped: Family<ReasonLabel, Counter>,
+    pub core_dropped: Family<ReasonLabel, Counter>,
+    pub forwarded_requests: Counter,
     pub signature_verifications: Counter,
     pub evidence: Family<KindLabel, Counter>,
     pub memory_used: Gauge,
@@ -72,6 +74,8 @@ impl Metrics {
             batch_requests: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             messages_received: Family::default(),
             messages_dropped: Family::default(),
+            core_dropped: Family::default(),
+            forwarded_requests: Counter::default(),
             signature_verifications: Counter::default(),
             evidence: Family::default(),
             memory_used: Gauge::default(),
@@ -108,6 +112,17 @@ impl Metrics {
             "messages_dropped",
             "Peer frames dropped before the core, by reason",
             m.messages_dropped.clone(),
+        );
+        registry.register(
+            "core_dropped",
+            "Messages and requests the protocol core set aside, by reason (a batch or vote it cannot hold, \
+             outside the watermarks, duplicate, bad signature, malformed, oversized)",
+            m.core_dropped.clone(),
+        );
+        registry.register(
+            "forwarded_requests",
+            "Client requests this backup relayed to the primary after they waited a view-change timeout",
+            m.forwarded_requests.clone(),
         );
         registry.register("signature_verifications", "ed25519 verifications", m.signature_verifications.clone());
         registry.register("evidence", "Evidence of misbehaviour found, by kind", m.evidence.clone());

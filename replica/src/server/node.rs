@@ -731,6 +731,19 @@ impl Driver {
         m.signature_verifications.inc_by(v.saturating_sub(self.verifications));
         self.verifications = v;
         m.wal_bytes.set(self.wal_bytes as i64);
+        let c = r.counters();
+        for (reason, total) in [
+            ("over_budget", c.dropped_over_budget),
+            ("out_of_window", c.dropped_out_of_window),
+            ("duplicate", c.dropped_duplicate),
+            ("bad_signature", c.dropped_bad_signature),
+            ("malformed", c.dropped_malformed),
+            ("oversized", c.dropped_oversized),
+        ] {
+            let d = m.core_dropped.get_or_create(&ReasonLabel { reason: reason.into() });
+            d.inc_by(total.saturating_sub(d.get()));
+        }
+        m.forwarded_requests.inc_by(c.forwarded_requests.saturating_sub(m.forwarded_requests.get()));
         let (connected, peer_count) = self
             .shared
             .peers

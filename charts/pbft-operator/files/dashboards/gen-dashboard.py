@@ -74,6 +74,9 @@ ts("Shed client requests", [
 ts("Peer frames dropped before the core", [
     (f'sum by (pod, reason) (rate(pbft_messages_dropped_total{{{SEL}}}[5m]))', "{{pod}} {{reason}}"),
 ], unit="pps")
+ts("Messages the core set aside", [
+    (f'sum by (pod, reason) (rate(pbft_core_dropped_total{{{SEL}}}[5m]))', "{{pod}} {{reason}}"),
+], unit="pps", desc="over_budget that persists means a primary's batches or a peer's votes do not fit this replica's buffers.")
 ts("Connected peers", [
     (f'sum by (pod) (pbft_peer_connected{{{SEL}}})', "{{pod}}"),
 ])
