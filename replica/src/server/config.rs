@@ -117,6 +117,10 @@ pub struct Settings {
     pub peer_queue_bytes: u64,
     pub max_client_calls: u64,
     pub json_logs: bool,
+    /// Replicas that share this process and its memory (`pbft-replica dev`
+    /// runs n of them): each counts this share of the measured usage against
+    /// its own limit. 1 for a replica on its own.
+    pub memory_sharers: u64,
 }
 
 fn pick<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
@@ -225,6 +229,7 @@ impl Overrides {
                 1 << 20,
             )?,
             json_logs: pick(&self.log_format, &f.log_format).is_some_and(|v| v == "json"),
+            memory_sharers: 1,
             data_dir,
         })
     }

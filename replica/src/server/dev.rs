@@ -58,7 +58,10 @@ pub async fn run(args: DevArgs, shutdown: watch::Receiver<bool>) -> Result<(), S
             metrics_listen: Some(format!("127.0.0.1:{}", port(i, 3))),
             ..Default::default()
         };
-        let settings = o.resolve()?;
+        let mut settings = o.resolve()?;
+        // The replicas share this process: each is charged an equal share of
+        // its memory (or each would see all of it and shed for the others).
+        settings.memory_sharers = args.replicas.into();
         tasks.push(tokio::spawn(node::run(settings, shutdown.clone(), None)));
     }
     println!(

@@ -854,13 +854,11 @@ fn memory_limit(settings: &Settings) -> (u64, Option<CgroupFiles>, bool) {
     }
 }
 
-fn usage(files: &Option<CgroupFiles>, from_cgroup: bool) -> u64 {
-    if from_cgroup {
-        if let Some(u) = files.as_ref().and_then(|f| f.usage()) {
-            return u;
-        }
-    }
-    cgroup::process_rss().unwrap_or(0)
+/// This replica's memory usage: the cgroup's (or else the process's) divided
+/// among the replicas sharing the process.
+fn usage(files: &Option<CgroupFiles>, from_cgroup: bool, sharers: u64) -> u64 {
+    let whole = if from_cgroup { files.as_ref().and_then(|f| f.usage()) } else { None };
+    whole.or_else(cgroup::process_rss).unwrap_or(0) / sharers.max(1)
 }
 
 /// The core's configuration from the settings and the memory budget.
@@ -1218,11 +1216,11 @@ pub async fn run(
         tokio::spawn(async move {
             let mut last_trim = Instant::now();
             loop {
-                let mut u = usage(&files, from_cgroup);
+                let mut u = usage(&files, from_cgroup, s.settings.memory_sharers);
                 if u > s.shed_threshold() && last_trim.elapsed() >= Duration::from_millis(500) {
                     cgroup::release_free_heap();
                     last_trim = Instant::now();
-                    u = usage(&files, from_cgroup);
+                    u = usage(&files, from_cgroup, s.settings.memory_sharers);
                 }
                 s.memory_used.store(u, Ordering::Relaxed);
                 s.metrics.memory_used.set(u as i64);
