@@ -15,7 +15,33 @@ export PATH="$HOME/.cargo/bin:/usr/local/go/bin:$PATH"
 SEEDS="${PBFT_SIM_SEEDS:-2000}"
 SKIP_CLUSTER="${PBFT_SKIP_CLUSTER:-0}"
 
-step() { printf '\n==> %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+# Everything is also written to a log. On failure, the last lines printed
+# (after the test bed's teardown) name the step that failed and repeat its
+# FAIL/ERROR/panic lines, so a CI report that keeps only the tail says why.
+LOG="${PBFT_TEST_LOG:-/var/tmp/pbft-test-$(date -u +%Y%m%dT%H%M%SZ).log}"
+mkdir -p "$(dirname "$LOG")"
+exec 3>&1 4>&2
+exec > >(tee -a "$LOG") 2>&1
+tee_pid=$!
+CURRENT_STEP="start"
+CLUSTER_UP=0
+step() { CURRENT_STEP="$*"; printf '\n==> %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+finish() {
+  local rc=$? failed_step="$CURRENT_STEP"
+  if ((CLUSTER_UP)); then
+    step "Kubernetes test bed: down"
+    e2e/cluster.sh down || true
+  fi
+  exec 1>&3 2>&4
+  wait "$tee_pid" 2>/dev/null || true
+  if ((rc != 0)); then
+    printf '\n==> FAILED (exit %s) in step: %s\n' "$rc" "$failed_step"
+    printf 'its failure lines (full log: %s):\n' "$LOG"
+    grep -E 'FAIL|ERROR|panicked|^error|did not|timed out' "$LOG" | grep -v -E '^MEASURE| PASS ' | tail -n 20 || true
+  fi
+  exit "$rc"
+}
+trap finish EXIT
 started=$(date +%s)
 
 step "toolchain"
@@ -54,7 +80,7 @@ else
     exit 1
   fi
   step "Kubernetes test bed: up (${PBFT_E2E_PROVIDER:-testbed}; builds upstream binaries once, cached)"
-  trap 'step "Kubernetes test bed: down"; e2e/cluster.sh down || true' EXIT
+  CLUSTER_UP=1
   e2e/cluster.sh up
   step "Kubernetes test bed: smoke test"
   e2e/cluster.sh smoke
