@@ -70,6 +70,10 @@ async fn run(settings: Settings) -> bool {
         if let Err(e) = &result {
             log(name, format!("FAIL {e}"));
             scenarios::diagnose(&ctx, name).await;
+            // What a failed scenario left behind must not fail the next ones
+            // (the uninstall expects no ConsensusCluster; the shared `basic`
+            // cluster is created again by the scenarios that need it).
+            scenarios::cleanup(&ctx).await;
         } else {
             log(name, format!("---- passed in {:.1} s", s.started.elapsed().as_secs_f64()));
         }

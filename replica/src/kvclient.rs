@@ -26,10 +26,19 @@ pub enum ClientError {
     Membership(#[from] MembershipFileError),
     #[error("endpoint {addr:?}: {msg}")]
     Endpoint { addr: String, msg: String },
-    #[error("no f+1 matching replies within {secs:.1} s (last errors: {last})")]
-    Timeout { secs: f64, last: String },
+    #[error("no f+1 matching replies within {secs:.1} s: {answered} replicas answered, {needed} must agree (last error: {last})")]
+    Timeout { secs: f64, answered: usize, needed: usize, last: String },
     #[error("request refused by f+1 replicas: {0}")]
     Refused(String),
+}
+
+/// A channel to `addr` (host:port) that connects on first use.
+fn lazy_channel(addr: &str) -> Result<Channel, ClientError> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| ClientError::Endpoint { addr: addr.to_string(), msg: e.to_string() })?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .connect_lazy())
 }
 
 /// A connection to every replica.
@@ -56,11 +65,7 @@ impl Endpoints {
         let mut replicas = vec![];
         for m in &file.members {
             let addr = overrides.iter().find(|(id, _)| *id == m.id).map_or(m.address.clone(), |(_, a)| a.clone());
-            let ch = Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| ClientError::Endpoint { addr: addr.clone(), msg: e.to_string() })?
-                .connect_timeout(Duration::from_millis(500))
-                .tcp_nodelay(true)
-                .connect_lazy();
+            let ch = lazy_channel(&addr)?;
             replicas.push((m.id, addr, ch));
         }
         Ok(Endpoints::members(membership, replicas))
@@ -76,14 +81,26 @@ impl Endpoints {
     pub fn through(membership: Membership, addr: &str, connections: usize) -> Result<Endpoints, ClientError> {
         let mut replicas = vec![];
         for i in 0..connections.max(1) {
-            let ch = Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| ClientError::Endpoint { addr: addr.to_string(), msg: e.to_string() })?
-                .connect_timeout(Duration::from_millis(500))
-                .tcp_nodelay(true)
-                .connect_lazy();
-            replicas.push((i as u32, addr.to_string(), ch));
+            replicas.push((i as u32, addr.to_string(), lazy_channel(addr)?));
         }
         Ok(Endpoints { membership, replicas, by_member: false })
+    }
+
+    /// Opens new connections in place of those through a balanced address
+    /// ([`Endpoints::through`]), so that the balancer chooses replicas
+    /// again. A connection stays on the replica it reached first: when the
+    /// balancer knew fewer than f+1 replicas at that moment (a client
+    /// Service whose endpoints were still being published), or those it
+    /// chose do not agree, retries over the same connections could never
+    /// gather f+1 matching replies. Entries that name members keep theirs.
+    pub fn redial(&mut self) -> Result<(), ClientError> {
+        if self.by_member {
+            return Ok(());
+        }
+        for (_, addr, ch) in &mut self.replicas {
+            *ch = lazy_channel(addr)?;
+        }
+        Ok(())
     }
 
     /// Every replica's status (or the error reaching it).
@@ -291,9 +308,13 @@ impl KvClient {
                 return Err(ClientError::Refused(invalid[0].clone()));
             }
             if started.elapsed() >= self.timeout {
+                let answered = self.core.answered();
                 self.core.abandon();
-                return Err(ClientError::Timeout { secs: started.elapsed().as_secs_f64(), last });
+                return Err(ClientError::Timeout { secs: started.elapsed().as_secs_f64(), answered, needed: f1, last });
             }
+            // Through a balancer, the replicas behind our connections did not
+            // give f+1 matching replies: let it choose again.
+            self.endpoints.redial()?;
             targets = (0..self.endpoints.replicas.len()).collect();
             tokio::time::sleep(exhausted_hint.unwrap_or(backoff).max(backoff)).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));

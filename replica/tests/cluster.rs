@@ -303,3 +303,53 @@ async fn cluster_serves_again_after_a_client_flood() {
     );
     check_all(&cluster, &[("after-flood".into(), "ok".into())]).await;
 }
+
+/// A TCP balancer in front of the replicas' client ports, as a Kubernetes
+/// client Service is: each connection goes to one replica and stays there.
+/// Its first `sticky` connections all go to replica 0 (a Service whose other
+/// endpoints are not published yet), later ones round-robin over all.
+async fn sticky_balancer(backends: Vec<u16>, sticky: usize) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let k = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let backend = if k < sticky { backends[0] } else { backends[k % backends.len()] };
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// Seen in a CI run: `pbftctl --through` a client Service that had one ready
+/// endpoint when its connections opened got replies from that replica alone
+/// and retried over the same connections for 60 s. The client now opens new
+/// connections on a retry, so the balancer chooses again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_through_a_balancer_stuck_on_one_replica_dials_again() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::new("balancer", 4);
+    cluster.wait_ready(&[0, 1, 2, 3], Duration::from_secs(20)).await;
+    let connections = 12;
+    let backends = cluster.slots.iter().map(|s| s.ports[1]).collect();
+    let (port, accepted) = sticky_balancer(backends, connections).await;
+    let membership = cluster.endpoints().membership;
+    let through = pbft::kvclient::Endpoints::through(membership, &format!("127.0.0.1:{port}"), connections).unwrap();
+    let mut cl = pbft::kvclient::KvClient::new(through);
+    cl.timeout = Duration::from_secs(20);
+    let t = Instant::now();
+    cl.put(b"through", b"balancer").await.expect("a write through a balancer that first knew one replica");
+    let dialled = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "MEASURE sticky balancer: committed after {:.0} ms over {dialled} connections",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    assert!(dialled > connections, "the client dialled again ({dialled} connections)");
+    check_all(&cluster, &[("through".into(), "balancer".into())]).await;
+}

@@ -178,7 +178,8 @@ pub async fn diagnose(ctx: &Ctx, scenario: &str) {
     }
 }
 
-/// Removes every namespace the suite created (unless PBFT_E2E_KEEP=1 and something failed).
+/// Removes every namespace the suite created, after a failed scenario and at
+/// the end (unless PBFT_E2E_KEEP=1 and something failed).
 pub async fn cleanup(ctx: &Ctx) {
     if ctx.settings.keep_on_failure {
         log("suite", "PBFT_E2E_KEEP=1: namespaces kept");

@@ -122,6 +122,11 @@ impl ClientCore {
         self.outstanding.as_ref().map(|o| (o.timestamp, o.request.clone()))
     }
 
+    /// How many replicas sent a valid reply to the outstanding request.
+    pub fn answered(&self) -> usize {
+        self.outstanding.as_ref().map_or(0, |o| o.replies.len())
+    }
+
     /// Gives up on the outstanding request.
     pub fn abandon(&mut self) {
         self.outstanding = None;
