@@ -26,7 +26,7 @@ pub enum ClientError {
     Membership(#[from] MembershipFileError),
     #[error("endpoint {addr:?}: {msg}")]
     Endpoint { addr: String, msg: String },
-    #[error("no f+1 matching replies within {secs:.1} s: {answered} replicas answered, {needed} must agree (last error: {last})")]
+    #[error("no f+1 matching replies within {secs:.1} s: replies from {answered} replica(s), {needed} must agree (last error: {last})")]
     Timeout { secs: f64, answered: usize, needed: usize, last: String },
     #[error("request refused by f+1 replicas: {0}")]
     Refused(String),

@@ -327,10 +327,11 @@ async fn sticky_balancer(backends: Vec<u16>, sticky: usize) -> (u16, Arc<std::sy
     (port, accepted)
 }
 
-/// Seen in a CI run: `pbftctl --through` a client Service that had one ready
-/// endpoint when its connections opened got replies from that replica alone
-/// and retried over the same connections for 60 s. The client now opens new
-/// connections on a retry, so the balancer chooses again.
+/// Seen in a CI run: `pbftctl --service`, through a client Service that
+/// seemingly had one ready endpoint when its connections opened, got replies
+/// from fewer than f+1 replicas and retried over the same connections for
+/// 60 s. The client now opens new connections on a retry, so the balancer
+/// chooses again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_through_a_balancer_stuck_on_one_replica_dials_again() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
